@@ -1,0 +1,485 @@
+//! The access log: exactly one record per request, written off the hot path.
+//!
+//! Requests hand a finished record to a bounded channel (never blocking; a full
+//! channel counts a drop); one writer thread formats and writes them through a
+//! buffer, flushing whenever the queue runs dry. Passwords and Authorization
+//! values are never part of a record; secret-looking query values are redacted
+//! before the record is built, and control bytes are escaped in both formats.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::raw::LogFormat;
+
+/// What the guard decided; the same words appear in the log, /status and /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionLabel {
+    Allow,
+    Open,
+    AuthOk,
+    Challenge,
+    AuthFail,
+    Deny,
+    Banned,
+    BadRequest,
+    UpstreamError,
+    Redirect,
+    Overloaded,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 11] = [
+        DecisionLabel::Allow,
+        DecisionLabel::Open,
+        DecisionLabel::AuthOk,
+        DecisionLabel::Challenge,
+        DecisionLabel::AuthFail,
+        DecisionLabel::Deny,
+        DecisionLabel::Banned,
+        DecisionLabel::BadRequest,
+        DecisionLabel::UpstreamError,
+        DecisionLabel::Redirect,
+        DecisionLabel::Overloaded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Open => "open",
+            DecisionLabel::AuthOk => "auth_ok",
+            DecisionLabel::Challenge => "challenge",
+            DecisionLabel::AuthFail => "auth_fail",
+            DecisionLabel::Deny => "deny",
+            DecisionLabel::Banned => "banned",
+            DecisionLabel::BadRequest => "bad_request",
+            DecisionLabel::UpstreamError => "upstream_error",
+            DecisionLabel::Redirect => "redirect",
+            DecisionLabel::Overloaded => "overloaded",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Refusals are what /status keeps in `recent_denials`.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            DecisionLabel::Challenge
+                | DecisionLabel::AuthFail
+                | DecisionLabel::Deny
+                | DecisionLabel::Banned
+                | DecisionLabel::BadRequest
+                | DecisionLabel::Overloaded
+        )
+    }
+}
+
+/// Who produced the status the client got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusSource {
+    Guard,
+    Upstream,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    #[serde(serialize_with = "ser_time")]
+    pub time: SystemTime,
+    pub request_id: String,
+    pub client_ip: String,
+    pub peer_ip: String,
+    pub listener: String,
+    pub protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
+    pub group: Option<String>,
+    pub rule: Option<String>,
+    pub decision: DecisionLabel,
+    pub enforced: bool,
+    pub user: Option<String>,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub source: StatusSource,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub user_agent: String,
+    pub referer: String,
+    pub error: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+enum Message {
+    Record(Box<AccessRecord>),
+    Reopen,
+}
+
+/// The sending side, cheap to clone into every request.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+const QUEUE: usize = 65_536;
+
+impl AccessLog {
+    /// Starts the writer thread. `path: None` is stdout.
+    pub fn start(format: LogFormat, path: Option<PathBuf>) -> io::Result<AccessLog> {
+        let sink = Sink::open(path)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, sink, format))?;
+        Ok(AccessLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn write(&self, record: AccessRecord) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Message::Record(Box::new(record))) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// SIGUSR1: reopen the file after logrotate renamed it.
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Message::Reopen);
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+enum Sink {
+    Stdout(BufWriter<io::Stdout>),
+    File(PathBuf, BufWriter<File>),
+}
+
+impl Sink {
+    fn open(path: Option<PathBuf>) -> io::Result<Sink> {
+        Ok(match path {
+            None => Sink::Stdout(BufWriter::with_capacity(64 * 1024, io::stdout())),
+            Some(p) => {
+                let f = OpenOptions::new().create(true).append(true).open(&p)?;
+                Sink::File(p, BufWriter::with_capacity(64 * 1024, f))
+            }
+        })
+    }
+
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(w) => w,
+            Sink::File(_, w) => w,
+        }
+    }
+}
+
+fn writer(rx: Receiver<Message>, mut sink: Sink, format: LogFormat) {
+    let mut line = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Message::Record(r) => {
+                    line.clear();
+                    format_record(&r, format, &mut line);
+                    if sink.out().write_all(&line).is_err() {
+                        // Nowhere better to report it than the diagnostic log.
+                        tracing::warn!("access log write failed");
+                    }
+                }
+                Message::Reopen => {
+                    let _ = sink.out().flush();
+                    let reopen_path = match &sink {
+                        Sink::File(path, _) => Some(path.clone()),
+                        Sink::Stdout(_) => None,
+                    };
+                    if let Some(path) = reopen_path {
+                        match Sink::open(Some(path.clone())) {
+                            Ok(s) => {
+                                sink = s;
+                                tracing::info!(path = %path.display(), "access log reopened");
+                            }
+                            Err(e) => {
+                                tracing::error!(path = %path.display(), error = %e, "access log reopen failed; keeping the old file")
+                            }
+                        }
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = sink.out().flush();
+    }
+    let _ = sink.out().flush();
+}
+
+pub fn format_record(r: &AccessRecord, format: LogFormat, out: &mut Vec<u8>) {
+    match format {
+        LogFormat::Json => {
+            if serde_json::to_writer(&mut *out, r).is_err() {
+                out.extend_from_slice(b"{\"error\":\"unserialisable record\"}");
+            }
+            escape_json_extras(out);
+        }
+        LogFormat::Combined => {
+            use std::fmt::Write as _;
+            let mut s = String::with_capacity(256);
+            let _ = write!(
+                s,
+                "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rule=\"{}\" decision={} source={} group=\"{}\" peer={} rid={} duration_ms={:.3}",
+                r.client_ip,
+                r.user.as_deref().map(escape_combined).unwrap_or_else(|| "-".into()),
+                clf_time(r.time),
+                escape_combined(&r.method),
+                escape_combined(&r.path),
+                r.protocol,
+                r.status,
+                r.bytes_out,
+                if r.referer.is_empty() { "-".into() } else { escape_combined(&r.referer) },
+                if r.user_agent.is_empty() { "-".into() } else { escape_combined(&r.user_agent) },
+                escape_combined(r.rule.as_deref().unwrap_or("-")),
+                r.decision.as_str(),
+                match r.source {
+                    StatusSource::Guard => "guard",
+                    StatusSource::Upstream => "upstream",
+                },
+                escape_combined(r.group.as_deref().unwrap_or("-")),
+                r.peer_ip,
+                r.request_id,
+                r.duration_ms,
+            );
+            if let Some(e) = &r.error {
+                let _ = write!(s, " error=\"{}\"", escape_combined(e));
+            }
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out.push(b'\n');
+}
+
+/// serde_json escapes control characters but leaves DEL and C1 controls (which
+/// some terminals act on) raw; escape those too.
+fn escape_json_extras(out: &mut Vec<u8>) {
+    if !out.iter().any(|&b| b == 0x7f || b == 0xc2) {
+        return;
+    }
+    let text = String::from_utf8_lossy(out).into_owned();
+    let mut fixed = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) {
+            fixed.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            fixed.push(c);
+        }
+    }
+    *out = fixed.into_bytes();
+}
+
+/// Quotes, backslashes and every control or non-ASCII byte become `\xHH`.
+pub fn escape_combined(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.push_str(&format!("\\x{b:02x}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// Replaces the value of every query parameter whose name looks secret.
+pub fn redact_query(query: &str) -> String {
+    const SECRET_WORDS: [&str; 7] = [
+        "key",
+        "secret",
+        "token",
+        "password",
+        "pass",
+        "signature",
+        "sig",
+    ];
+    query
+        .split('&')
+        .map(|pair| {
+            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let lower = name.to_ascii_lowercase();
+            let decoded = crate::policy::path::percent_decode(lower.as_bytes())
+                .unwrap_or_else(|_| lower.clone().into_bytes());
+            let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+            if pair.contains('=') && SECRET_WORDS.iter().any(|w| decoded.contains(w)) {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, mo, d) = civil((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    (
+        y,
+        mo,
+        d,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis(),
+    )
+}
+
+/// `2026-11-29T04:43:04.123Z`
+pub fn rfc3339(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, ms) = parts(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// `29/Nov/2026:04:43:04 +0000`
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _) = parts(t);
+    format!(
+        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+        MONTHS[(mo - 1) as usize]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_927_384_123),
+            request_id: "r1".into(),
+            client_ip: "50.18.194.14".into(),
+            peer_ip: "127.0.0.1".into(),
+            listener: "127.0.0.1:8080".into(),
+            protocol: "HTTP/1.1",
+            tls: None,
+            group: Some("integration-management".into()),
+            rule: Some("cart-api".into()),
+            decision: DecisionLabel::Allow,
+            enforced: true,
+            user: None,
+            method: "GET".into(),
+            host: "shop".into(),
+            path: "/wp-json/wc/v3/orders".into(),
+            status: 200,
+            upstream_status: Some(200),
+            source: StatusSource::Upstream,
+            bytes_in: 0,
+            bytes_out: 12,
+            duration_ms: 1.5,
+            upstream_ms: Some(1.0),
+            user_agent: "curl/8".into(),
+            referer: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn times() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_927_384_123);
+        assert_eq!(rfc3339(t), "2026-11-29T04:43:04.123Z");
+        assert_eq!(clf_time(t), "29/Nov/2026:04:43:04 +0000");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn json_line_has_the_fields() {
+        let mut out = Vec::new();
+        format_record(&record(), LogFormat::Json, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["source"], "upstream");
+        assert_eq!(v["group"], "integration-management");
+        assert_eq!(v["time"], "2026-11-29T04:43:04.123Z");
+        assert!(out.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn combined_line_is_parseable_and_escaped() {
+        let mut r = record();
+        r.user_agent = "evil\r\n\u{1b}[31m\"x".into();
+        r.path = "/a\nb".into();
+        let mut out = Vec::new();
+        format_record(&r, LogFormat::Combined, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("50.18.194.14 - - [29/Nov/2026:04:43:04 +0000] \"GET /a\\x0ab HTTP/1.1\" 200 12 \"-\" \"evil\\x0d\\x0a\\x1b[31m\\x22x\""), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn json_escapes_controls() {
+        let mut r = record();
+        r.user_agent = "a\u{1b}b\u{7f}c\u{85}d\ne".into();
+        let mut out = Vec::new();
+        format_record(&r, LogFormat::Json, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(
+            !line[..line.len() - 1]
+                .bytes()
+                .any(|b| b < 0x20 || b == 0x7f),
+            "{line:?}"
+        );
+        assert!(!line.contains('\u{85}'));
+    }
+
+    #[test]
+    fn secrets_in_queries_are_redacted() {
+        let q = redact_query("consumer_key=ck_abc&consumer_secret=cs_def&rest_route=/wc/v3&oauth_signature=x&api_token=t&sig=1&Password=p&passcode=z&page=2&flag");
+        assert_eq!(
+            q,
+            "consumer_key=REDACTED&consumer_secret=REDACTED&rest_route=/wc/v3&oauth_signature=REDACTED&api_token=REDACTED&sig=REDACTED&Password=REDACTED&passcode=REDACTED&page=2&flag"
+        );
+        assert_eq!(redact_query("consumer%5Fkey=ck"), "consumer%5Fkey=REDACTED");
+    }
+}

@@ -1,0 +1,813 @@
+//! Turns the YAML file into the validated, immutable `Config` the guard runs on.
+//!
+//! `load` reads the file, `from_yaml` parses (unknown keys are errors, with line
+//! and column), and validation builds typed values: CIDRs, groups, rules, users.
+//! Every error names the key and, where it can be found, its line and column.
+//! Nothing past this module sees raw YAML.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use ipnet::IpNet;
+
+use crate::policy::client_ip::{ClientIpConfig, IpHeader};
+use crate::policy::groups::{IpSet, INTEGRATION_MANAGEMENT, INTEGRATION_MANAGEMENT_CIDRS};
+use crate::policy::rules::{prepare_prefix, QueryMatch, Rule};
+use crate::policy::{Group, Policy, MAX_GROUPS};
+use crate::users::Users;
+use raw::{LogFormat, Mode, Others, RawCert, RawConfig};
+
+/// The whole validated configuration of one load.
+#[derive(Debug)]
+pub struct Config {
+    pub source: Source,
+    pub policy: Policy,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstream: UpstreamConfig,
+    pub users: Arc<Users>,
+    pub auth: AuthSettings,
+    pub status: StatusSettings,
+    pub log: LogSettings,
+    pub limits: Limits,
+    /// Not errors, but worth a look: printed by `check` and logged at start.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// Empty for plain HTTP; the first certificate is the default for SNI.
+    pub certs: Vec<CertPaths>,
+    pub proxy_protocol: bool,
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: Uri,
+    pub https: bool,
+    /// host:port of the url, for the Host header in `host: upstream` mode and the probe.
+    pub authority: String,
+    pub host: HostMode,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub probe_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMode {
+    Preserve,
+    Upstream,
+    Literal(HeaderValue),
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub realm: String,
+    /// `Basic realm="...", charset="UTF-8"`, built once.
+    pub challenge: HeaderValue,
+    pub forward_credentials: bool,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub ban: Duration,
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusSettings {
+    pub listen: Option<SocketAddr>,
+    pub expect: Vec<Expect>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub group: String,
+    pub within: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `None` is stdout.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub tls_handshake_timeout: Duration,
+}
+
+/// A configuration error: which key, where, and what is wrong.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub line: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.line {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::from_yaml(&text, path)
+    }
+
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let line = e.location().map(|l| (l.line(), l.column()));
+            // The message already ends with "at line L column C"; keep just the words.
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) if line.is_some() => message[..i].to_string(),
+                _ => message,
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                line,
+                message,
+            }
+        })?;
+        Validator {
+            text,
+            path,
+            warnings: Vec::new(),
+        }
+        .validate(raw)
+    }
+
+    pub fn integration_group(&self) -> Option<usize> {
+        self.policy.group_index(INTEGRATION_MANAGEMENT)
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    warnings: Vec<String>,
+}
+
+impl Validator<'_> {
+    /// An error at the first place `needle` appears in the file (best effort).
+    fn err(&self, key: impl Into<String>, needle: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            key: key.into(),
+            line: locate(self.text, needle),
+            message: message.into(),
+        }
+    }
+
+    fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listeners = self.listeners(&raw)?;
+        let upstream = self.upstream(&raw.upstream)?;
+        let client_ip = self.client_ip(&raw.client_ip)?;
+        let groups = self.groups(&raw.groups)?;
+        let rules = self.rules(&raw, &groups)?;
+        let auth = self.auth(&raw.auth)?;
+        let users = self.users(&raw)?;
+        let status = self.status(&raw, &groups)?;
+        let log = LogSettings {
+            format: raw.log.format,
+            path: match raw.log.path.as_str() {
+                "-" => None,
+                "" => {
+                    return Err(self.err(
+                        "log.path",
+                        "path:",
+                        "must be \"-\" (stdout) or a file path",
+                    ))
+                }
+                p => Some(self.relative(Path::new(p))),
+            },
+        };
+        let limits = self.limits(&raw.limits)?;
+        self.warn_about(&raw, &client_ip, &groups, &rules, &users);
+        let policy = Policy {
+            mode: raw.mode,
+            client_ip,
+            groups,
+            rules,
+        };
+        Ok(Config {
+            source: Source {
+                path: self.path.to_path_buf(),
+                sha256: sha256_hex(self.text.as_bytes()),
+                loaded_at: SystemTime::now(),
+            },
+            policy,
+            listeners,
+            upstream,
+            users: Arc::new(users),
+            auth,
+            status,
+            log,
+            limits,
+            warnings: self.warnings,
+        })
+    }
+
+    /// Relative file names are relative to the config file's folder.
+    fn relative(&self, p: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    fn listeners(&self, raw: &RawConfig) -> Result<Vec<ListenerConfig>, ConfigError> {
+        if raw.listen.is_empty() {
+            return Err(self.err("listen", "listen:", "at least one listener is needed"));
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.listen.iter().enumerate() {
+            let key = format!("listen[{i}].addr");
+            let addr: SocketAddr = l.addr.parse().map_err(|_| {
+                self.err(
+                    &key,
+                    &l.addr,
+                    format!(
+                        "{:?} is not an address:port (IPv6 in brackets: \"[::]:443\")",
+                        l.addr
+                    ),
+                )
+            })?;
+            if !seen.insert(addr) {
+                return Err(self.err(&key, &l.addr, format!("{addr} is listed twice")));
+            }
+            let certs: Vec<CertPaths> = l
+                .tls
+                .as_ref()
+                .map(|t| {
+                    t.0.iter()
+                        .map(|c: &RawCert| CertPaths {
+                            cert: self.relative(&c.cert),
+                            key: self.relative(&c.key),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if l.tls.is_some() && certs.is_empty() {
+                return Err(self.err(
+                    format!("listen[{i}].tls"),
+                    "tls:",
+                    "an empty certificate list",
+                ));
+            }
+            if l.redirect_https && !certs.is_empty() {
+                return Err(self.err(
+                    format!("listen[{i}].redirect_https"),
+                    "redirect_https",
+                    "only a plain (non-TLS) listener can redirect to https",
+                ));
+            }
+            out.push(ListenerConfig {
+                addr,
+                certs,
+                proxy_protocol: l.proxy_protocol,
+                redirect_https: l.redirect_https,
+            });
+        }
+        Ok(out)
+    }
+
+    fn upstream(&self, raw: &raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let url: Uri = raw.url.parse().map_err(|e| {
+            self.err(
+                "upstream.url",
+                &raw.url,
+                format!("{:?} is not a URL: {e}", raw.url),
+            )
+        })?;
+        let https = match url.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(self.err(
+                    "upstream.url",
+                    &raw.url,
+                    "must start with http:// or https://",
+                ))
+            }
+        };
+        let Some(authority) = url.authority() else {
+            return Err(self.err("upstream.url", &raw.url, "has no host"));
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(self.err(
+                "upstream.url",
+                &raw.url,
+                "must not have a path or query: requests keep their own path",
+            ));
+        }
+        let default_port = if https { 443 } else { 80 };
+        let authority = match authority.port_u16() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:{default_port}", authority.host()),
+        };
+        let host = match raw.host.as_str() {
+            "preserve" => HostMode::Preserve,
+            "upstream" => HostMode::Upstream,
+            literal => {
+                let valid = !literal.is_empty() && literal.parse::<http::uri::Authority>().is_ok();
+                let value = HeaderValue::from_str(literal).ok().filter(|_| valid);
+                HostMode::Literal(value.ok_or_else(|| {
+                    self.err(
+                        "upstream.host",
+                        literal,
+                        "must be preserve, upstream or a host name",
+                    )
+                })?)
+            }
+        };
+        let (ca, server_name) = match &raw.tls {
+            Some(t) => {
+                if !https {
+                    return Err(self.err(
+                        "upstream.tls",
+                        "tls:",
+                        "upstream.tls needs an https:// upstream.url",
+                    ));
+                }
+                if let Some(name) = &t.server_name {
+                    if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        return Err(self.err(
+                            "upstream.tls.server_name",
+                            name,
+                            "is not a valid DNS name or IP address",
+                        ));
+                    }
+                }
+                (
+                    t.ca.as_deref().map(|p| self.relative(p)),
+                    t.server_name.clone(),
+                )
+            }
+            None => (None, None),
+        };
+        for (key, d) in [
+            ("upstream.connect_timeout", raw.connect_timeout),
+            ("upstream.timeout", raw.timeout),
+            ("upstream.probe_interval", raw.probe_interval),
+        ] {
+            if d.0.is_zero() {
+                return Err(self.err(
+                    key,
+                    key.rsplit('.').next().unwrap_or(key),
+                    "must be more than zero",
+                ));
+            }
+        }
+        Ok(UpstreamConfig {
+            url,
+            https,
+            authority,
+            host,
+            connect_timeout: raw.connect_timeout.0,
+            timeout: raw.timeout.0,
+            ca,
+            server_name,
+            probe_interval: raw.probe_interval.0,
+        })
+    }
+
+    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let t = text.trim();
+                t.parse::<IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        self.err(
+                            format!("{key}[{i}]"),
+                            text,
+                            format!("{text:?} is not an IP address or CIDR"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn client_ip(&self, raw: &raw::RawClientIp) -> Result<ClientIpConfig, ConfigError> {
+        let nets = self.cidrs("client_ip.trusted_proxies", &raw.trusted_proxies)?;
+        if let Some(n) = nets.iter().find(|n| n.prefix_len() == 0) {
+            return Err(self.err(
+                "client_ip.trusted_proxies",
+                &n.to_string(),
+                format!("{n} would let anyone on the internet claim any address"),
+            ));
+        }
+        let name = raw.header.trim().to_ascii_lowercase();
+        let header = match name.as_str() {
+            "x-forwarded-for" => IpHeader::XForwardedFor,
+            "forwarded" => IpHeader::Forwarded,
+            other => {
+                IpHeader::Single(HeaderName::from_bytes(other.as_bytes()).map_err(|_| {
+                    self.err("client_ip.header", &raw.header, "is not a header name")
+                })?)
+            }
+        };
+        Ok(ClientIpConfig {
+            trusted_proxies: IpSet::new(nets),
+            header,
+        })
+    }
+
+    fn groups(&self, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<Group>, ConfigError> {
+        let mut groups = Vec::new();
+        if !raw.contains_key(INTEGRATION_MANAGEMENT) {
+            groups.push(Group {
+                name: INTEGRATION_MANAGEMENT.into(),
+                set: IpSet::new(
+                    INTEGRATION_MANAGEMENT_CIDRS
+                        .iter()
+                        .filter_map(|c| c.parse().ok()),
+                ),
+            });
+        }
+        for (name, list) in raw {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(self.err(
+                    format!("groups.{name}"),
+                    name,
+                    "group names must be non-empty words",
+                ));
+            }
+            let nets = self.cidrs(&format!("groups.{name}"), list)?;
+            groups.push(Group {
+                name: name.clone(),
+                set: IpSet::new(nets),
+            });
+        }
+        if groups.len() > MAX_GROUPS {
+            return Err(self.err("groups", "groups:", format!("at most {MAX_GROUPS} groups")));
+        }
+        Ok(groups)
+    }
+
+    fn rules(&self, raw: &RawConfig, groups: &[Group]) -> Result<Vec<Rule>, ConfigError> {
+        if raw.rules.is_empty() {
+            return Err(self.err(
+                "rules",
+                "rules:",
+                "at least one rule is needed; the last one must have path_prefix: /",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            if r.name.trim().is_empty() {
+                return Err(self.err(key("name"), "name:", "must not be empty"));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(self.err(
+                    key("name"),
+                    &r.name,
+                    format!("rule name {:?} is used twice", r.name),
+                ));
+            }
+            let prefix_ok = crate::policy::path::normalize(&r.path_prefix).is_ok();
+            if !prefix_ok {
+                return Err(self.err(key("path_prefix"), &r.path_prefix, "must be a plain path starting with / (no dot segments, escapes or control bytes)"));
+            }
+            let methods = match &r.methods {
+                None => None,
+                Some(list) if list.is_empty() => {
+                    return Err(self.err(
+                        key("methods"),
+                        "methods:",
+                        "an empty list matches nothing; leave it out to match every method",
+                    ))
+                }
+                Some(list) => Some(
+                    list.iter()
+                        .map(|m| {
+                            let upper = m.trim().to_ascii_uppercase();
+                            Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                                self.err(key("methods"), m, format!("{m:?} is not an HTTP method"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let mut query = Vec::new();
+            for (name, prefix) in &r.query {
+                if name.is_empty() || prefix.is_empty() {
+                    return Err(self.err(
+                        key("query"),
+                        "query:",
+                        "parameter names and prefixes must not be empty",
+                    ));
+                }
+                query.push(QueryMatch {
+                    name: name.clone(),
+                    prefix: prepare_prefix(prefix),
+                });
+            }
+            let mut allow = Vec::new();
+            for (j, g) in r.allow.iter().enumerate() {
+                let index = groups.iter().position(|x| &x.name == g).ok_or_else(|| {
+                    self.err(
+                        format!("rules[{i}].allow[{j}]"),
+                        g,
+                        format!("unknown group {g:?} (define it under groups:)"),
+                    )
+                })?;
+                if let Some(n) = groups[index]
+                    .set
+                    .cidrs()
+                    .iter()
+                    .find(|n| n.prefix_len() == 0)
+                {
+                    return Err(self.err(
+                        format!("groups.{g}"),
+                        &n.to_string(),
+                        format!("{n} in an allow group admits everyone; use others: open instead"),
+                    ));
+                }
+                allow.push(index);
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                path_prefix: r.path_prefix.clone(),
+                prefix: prepare_prefix(&r.path_prefix),
+                methods,
+                query,
+                allow,
+                others: r.others,
+            });
+        }
+        let last = rules
+            .last()
+            .filter(|r| r.prefix == b"/" && r.methods.is_none());
+        if last.is_none() {
+            let name = &raw.rules[raw.rules.len() - 1].name;
+            return Err(self.err(format!("rules[{}]", rules.len() - 1), name, "the last rule must have path_prefix: / and no methods, so that every request meets a rule"));
+        }
+        Ok(rules)
+    }
+
+    fn auth(&self, raw: &raw::RawAuth) -> Result<AuthSettings, ConfigError> {
+        if raw.realm.is_empty()
+            || raw
+                .realm
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(self.err(
+                "auth.realm",
+                &raw.realm,
+                "must be non-empty, without quotes, backslashes or control characters",
+            ));
+        }
+        let challenge =
+            HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", raw.realm))
+                .map_err(|_| self.err("auth.realm", &raw.realm, "must be plain text"))?;
+        if raw.max_failures == 0 {
+            return Err(self.err("auth.max_failures", "max_failures", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("auth.failure_window", raw.failure_window),
+            ("auth.ban", raw.ban),
+        ] {
+            if d.0.is_zero() {
+                return Err(self.err(
+                    key,
+                    key.rsplit('.').next().unwrap_or(key),
+                    "must be more than zero",
+                ));
+            }
+        }
+        Ok(AuthSettings {
+            realm: raw.realm.clone(),
+            challenge,
+            forward_credentials: raw.forward_credentials,
+            max_failures: raw.max_failures,
+            failure_window: raw.failure_window.0,
+            ban: raw.ban.0,
+            cache_ttl: raw.cache_ttl.0,
+        })
+    }
+
+    fn users(&self, raw: &RawConfig) -> Result<Users, ConfigError> {
+        let htpasswd = raw.users.htpasswd.as_deref().map(|p| self.relative(p));
+        Users::load(htpasswd.as_deref(), &raw.users.inline, raw.auth.cache_ttl.0).map_err(
+            |message| {
+                let needle = raw
+                    .users
+                    .htpasswd
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "users:".into());
+                self.err("users", &needle, message)
+            },
+        )
+    }
+
+    fn status(&self, raw: &RawConfig, groups: &[Group]) -> Result<StatusSettings, ConfigError> {
+        let listen = match &raw.status.listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                self.err("status.listen", a, format!("{a:?} is not an address:port"))
+            })?),
+        };
+        let mut expect = Vec::new();
+        for (i, e) in raw.status.expect.iter().enumerate() {
+            if !groups.iter().any(|g| g.name == e.group) {
+                return Err(self.err(
+                    format!("status.expect[{i}].group"),
+                    &e.group,
+                    format!("unknown group {:?}", e.group),
+                ));
+            }
+            if e.within.0.is_zero() {
+                return Err(self.err(
+                    format!("status.expect[{i}].within"),
+                    "within",
+                    "must be more than zero",
+                ));
+            }
+            expect.push(Expect {
+                group: e.group.clone(),
+                within: e.within.0,
+            });
+        }
+        if let Some(addr) = listen {
+            if raw
+                .listen
+                .iter()
+                .any(|l| l.addr.parse::<SocketAddr>().ok() == Some(addr))
+            {
+                return Err(self.err(
+                    "status.listen",
+                    &addr.to_string(),
+                    "must not be one of the public listeners",
+                ));
+            }
+        }
+        Ok(StatusSettings { listen, expect })
+    }
+
+    fn limits(&self, raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
+        if raw.max_header_bytes < 1024 {
+            return Err(self.err(
+                "limits.max_header_bytes",
+                "max_header_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if raw.max_connections == 0 {
+            return Err(self.err(
+                "limits.max_connections",
+                "max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("limits.header_timeout", raw.header_timeout),
+            ("limits.idle_timeout", raw.idle_timeout),
+            ("limits.tls_handshake_timeout", raw.tls_handshake_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(self.err(
+                    key,
+                    key.rsplit('.').next().unwrap_or(key),
+                    "must be more than zero",
+                ));
+            }
+        }
+        Ok(Limits {
+            header_timeout: raw.header_timeout.0,
+            idle_timeout: raw.idle_timeout.0,
+            max_header_bytes: raw.max_header_bytes,
+            max_body_bytes: raw.max_body_bytes,
+            max_connections: raw.max_connections,
+            shutdown_grace: raw.shutdown_grace.0,
+            tls_handshake_timeout: raw.tls_handshake_timeout.0,
+        })
+    }
+
+    fn warn_about(
+        &mut self,
+        raw: &RawConfig,
+        client_ip: &ClientIpConfig,
+        groups: &[Group],
+        rules: &[Rule],
+        users: &Users,
+    ) {
+        if raw.mode == Mode::Report {
+            self.warnings
+                .push("mode: report: nothing is enforced, every request is forwarded".into());
+        }
+        let used: HashSet<usize> = rules.iter().flat_map(|r| r.allow.iter().copied()).collect();
+        for proxy in client_ip.trusted_proxies.cidrs() {
+            for &g in &used {
+                if groups[g]
+                    .set
+                    .cidrs()
+                    .iter()
+                    .any(|n| n.contains(&proxy.network()) || proxy.contains(&n.network()))
+                {
+                    self.warnings.push(format!(
+                        "trusted proxy {proxy} overlaps allow group {:?}: requests without a forwarding header from it are admitted as that group",
+                        groups[g].name
+                    ));
+                }
+            }
+        }
+        if users.is_empty() && rules.iter().any(|r| r.others == Others::Auth) {
+            self.warnings.push("rules ask for a login (others: auth) but no users are configured: nobody outside the allow groups can get in".into());
+        }
+        if let Some(last) = rules.last() {
+            if last.others == Others::Open {
+                self.warnings.push(format!(
+                    "the last rule {:?} is open: every path not matched earlier is public",
+                    last.name
+                ));
+            }
+        }
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(earlier) = rules[..i].iter().find(|e| {
+                e.methods.is_none()
+                    && e.query.is_empty()
+                    && crate::policy::path::segment_prefix_matches(&e.prefix, &r.prefix)
+            }) {
+                self.warnings.push(format!("rule {:?} can only match through its query: rule {:?} comes first and covers its path", r.name, earlier.name));
+            }
+        }
+    }
+}
+
+/// Line and column (1-based) of the first occurrence of `needle`.
+fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let offset = text.find(needle)?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, col))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! The YAML as written: serde types that mirror the contract key for key.
+//!
+//! Every struct rejects unknown keys, so a typo such as `alow:` is an error
+//! instead of a silent change of who gets in. Nothing here is used past the
+//! loader: `validate` turns these into the typed `Config`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    pub listen: Vec<RawListener>,
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub client_ip: RawClientIp,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub users: RawUsers,
+    pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub status: RawStatus,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `enforce` answers by the decision; `report` decides and logs but forwards everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub addr: String,
+    #[serde(default)]
+    pub tls: Option<OneOrMany<RawCert>>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Plain listeners only: answer 308 to https, except for allowlisted clients.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "secs::<5>")]
+    pub connect_timeout: Dur,
+    #[serde(default = "secs::<60>")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+    /// How often the status listener probes the upstream with a TCP connect.
+    #[serde(default = "secs::<10>")]
+    pub probe_interval: Dur,
+}
+
+fn default_host() -> String {
+    "preserve".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_ip_header")]
+    pub header: String,
+}
+
+impl Default for RawClientIp {
+    fn default() -> Self {
+        RawClientIp {
+            trusted_proxies: Vec::new(),
+            header: default_ip_header(),
+        }
+    }
+}
+
+fn default_ip_header() -> String {
+    "x-forwarded-for".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsers {
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+    #[serde(default)]
+    pub inline: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    pub others: Others,
+}
+
+/// What happens to a client that is in none of the rule's `allow` groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Others {
+    Auth,
+    Deny,
+    Open,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "mins::<10>")]
+    pub failure_window: Dur,
+    #[serde(default = "mins::<15>")]
+    pub ban: Dur,
+    /// How long a successful bcrypt/argon2 verification is remembered.
+    #[serde(default = "mins::<5>")]
+    pub cache_ttl: Dur,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            realm: default_realm(),
+            forward_credentials: false,
+            max_failures: default_max_failures(),
+            failure_window: mins::<10>(),
+            ban: mins::<15>(),
+            cache_ttl: mins::<5>(),
+        }
+    }
+}
+
+fn default_realm() -> String {
+    "Restricted".into()
+}
+fn default_max_failures() -> u32 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// `null` turns the admin listener off.
+    #[serde(default = "default_status_listen")]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub expect: Vec<RawExpect>,
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        RawStatus {
+            listen: default_status_listen(),
+            expect: Vec::new(),
+        }
+    }
+}
+
+fn default_status_listen() -> Option<String> {
+    Some("127.0.0.1:9901".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    pub group: String,
+    pub within: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_log_path")]
+    pub path: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Json,
+            path: default_log_path(),
+        }
+    }
+}
+
+fn default_log_path() -> String {
+    "-".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Combined,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "secs::<10>")]
+    pub header_timeout: Dur,
+    #[serde(default = "secs::<60>")]
+    pub idle_timeout: Dur,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long SIGTERM waits for requests in flight.
+    #[serde(default = "secs::<30>")]
+    pub shutdown_grace: Dur,
+    /// hyper's timers do not cover the TLS handshake; this does.
+    #[serde(default = "secs::<10>")]
+    pub tls_handshake_timeout: Dur,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            header_timeout: secs::<10>(),
+            idle_timeout: secs::<60>(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
+            shutdown_grace: secs::<30>(),
+            tls_handshake_timeout: secs::<10>(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn secs<const N: u64>() -> Dur {
+    Dur(Duration::from_secs(N))
+}
+fn mins<const N: u64>() -> Dur {
+    Dur(Duration::from_secs(N * 60))
+}
+
+/// A duration written as "500ms", "10s", "5m" or "6h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Dur).map_err(de::Error::custom)
+    }
+}
+
+/// Parses "500ms", "10s", "5m", "6h", "1d" (one number, one unit; no sign, no fractions).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: expected a number and a unit, like 500ms, 10s, 5m, 6h")
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+/// `tls:` may be one `{cert, key}` or a list of them (SNI); keeps the inner error messages.
+#[derive(Debug, Clone)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a {cert, key} map or a list of them")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(2 * 86400)));
+    }
+
+    #[test]
+    fn bad_durations_are_errors() {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "-5s",
+            "1.5s",
+            "10 sec",
+            "5x",
+            "99999999999999999999h",
+            "10S",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+}

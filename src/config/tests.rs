@@ -1,0 +1,172 @@
+use super::*;
+
+const BASE: &str = r#"
+listen:
+  - addr: "127.0.0.1:8080"
+upstream:
+  url: "http://127.0.0.1:8081"
+rules:
+  - name: site
+    path_prefix: /
+    allow: [integration-management]
+    others: auth
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, Path::new("t.yaml"))
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("must be rejected").to_string()
+}
+
+#[test]
+fn the_contract_file_parses_with_every_key() {
+    // The contract verbatim, minus files that do not exist here.
+    let contract = include_str!("../../tests/fixtures/contract.yaml");
+    let c = parse(contract).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].certs.len(), 1);
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.auth.failure_window, Duration::from_secs(600));
+    assert_eq!(c.status.expect[0].within, Duration::from_secs(6 * 3600));
+    assert_eq!(c.limits.max_body_bytes, 10_485_760);
+    assert_eq!(c.policy.rules.len(), 2);
+    assert!(c.policy.group_index("office").is_some());
+    assert!(c.policy.group_index("integration-management").is_some());
+}
+
+#[test]
+fn unknown_keys_are_errors_with_line_and_column() {
+    let text = BASE.replace(
+        "    allow: [integration-management]",
+        "    alow: [integration-management]",
+    );
+    let e = parse(&text).unwrap_err();
+    assert!(e.message.contains("unknown field `alow`"), "{e}");
+    assert_eq!(e.line.map(|l| l.0), Some(10), "{e}");
+    let e = err(&format!("{BASE}\nlimitz: {{}}\n"));
+    assert!(e.contains("limitz"), "{e}");
+}
+
+#[test]
+fn unknown_group_names_the_rule_and_line() {
+    let text = BASE.replace("allow: [integration-management]", "allow: [ofice]");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key, "rules[0].allow[0]");
+    assert_eq!(e.line, Some((10, 13)));
+    assert!(e.message.contains("ofice"));
+}
+
+#[test]
+fn builtin_group_and_redefinition() {
+    let c = parse(BASE).unwrap();
+    let g = &c.policy.groups[c.integration_group().unwrap()];
+    assert!(g.set.contains("50.18.194.14".parse().unwrap()));
+    assert!(g.set.contains("54.241.171.180".parse().unwrap()));
+    let text = format!("{BASE}groups:\n  integration-management: [\"198.51.100.7/32\"]\n");
+    let c = parse(&text).unwrap();
+    let g = &c.policy.groups[c.integration_group().unwrap()];
+    assert!(g.set.contains("198.51.100.7".parse().unwrap()));
+    assert!(!g.set.contains("50.18.194.14".parse().unwrap()));
+}
+
+#[test]
+fn bad_values_are_errors() {
+    let cases = [
+        (BASE.replace("/\n    allow", "/api\n    allow"), "last rule"),
+        (
+            format!("{BASE}groups:\n  office: [\"300.1.2.3/24\"]\n"),
+            "groups.office[0]",
+        ),
+        (
+            format!("{BASE}client_ip:\n  trusted_proxies: [\"0.0.0.0/0\"]\n"),
+            "anyone",
+        ),
+        (
+            format!("{BASE}client_ip:\n  trusted_proxies: [\"::/0\"]\n"),
+            "anyone",
+        ),
+        (
+            format!("{BASE}auth:\n  failure_window: 10 minutes\n"),
+            "invalid duration",
+        ),
+        (format!("{BASE}mode: enforcing\n"), "unknown variant"),
+        (
+            BASE.replace("others: auth", "others: maybe"),
+            "unknown variant",
+        ),
+        (BASE.replace("http://127.0.0.1:8081", "ftp://x"), "http://"),
+        (
+            BASE.replace("http://127.0.0.1:8081", "http://127.0.0.1:8081/shop"),
+            "path",
+        ),
+        (BASE.replace("127.0.0.1:8080", "localhost"), "address"),
+        (
+            format!("{BASE}users:\n  inline: {{bob: \"$apr1$a$b\"}}\n"),
+            "hash-password",
+        ),
+        (format!("{BASE}auth:\n  realm: 'a\"b'\n"), "realm"),
+        (
+            format!("{BASE}status:\n  expect: [{{group: nope, within: 1h}}]\n"),
+            "unknown group",
+        ),
+        (
+            BASE.replace("    others: auth", "    methods: [GET]\n    others: auth"),
+            "last rule",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "wanted {want:?} in: {e}");
+        assert!(e.starts_with("t.yaml"), "{e}");
+    }
+}
+
+#[test]
+fn catch_all_group_in_allow_is_an_error() {
+    let text = format!("{BASE}groups:\n  world: [\"0.0.0.0/0\"]\n")
+        .replace("allow: [integration-management]", "allow: [world]");
+    assert!(err(&text).contains("admits everyone"));
+}
+
+#[test]
+fn warnings_for_trusted_proxy_in_allow_group() {
+    let text = format!("{BASE}client_ip:\n  trusted_proxies: [\"50.18.194.0/24\"]\n");
+    let c = parse(&text).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("overlaps allow group")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn durations_and_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.auth.ban, Duration::from_secs(900));
+    assert_eq!(c.status.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(c.log.path, None);
+    assert_eq!(
+        c.auth.challenge,
+        "Basic realm=\"Restricted\", charset=\"UTF-8\""
+    );
+}
+
+#[test]
+fn tls_may_be_a_list() {
+    let text = BASE.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:8443\"\n    tls:\n      - {cert: a.pem, key: a.key}\n      - {cert: b.pem, key: b.key}\n",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.listeners[0].certs.len(), 2);
+    let bad = BASE.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:8443\"\n    tls: {cert: a.pem, kee: a.key}\n",
+    );
+    assert!(err(&bad).contains("kee"));
+}

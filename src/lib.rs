@@ -1,0 +1,152 @@
+//! cartguard: a reverse proxy that admits an order-integration service by
+//! address and asks everyone else to log in.
+//!
+//! One request flows one way:
+//! `server` (accept, PROXY header, TLS, hyper) → `policy::client_ip` (who is
+//! the client) → `policy::rules` / `policy::path` (which rule) → `policy::decide`
+//! (what to do; pure) → `users` (verify a login, off the async workers) →
+//! `proxy` (forward or answer) → `access_log` (one record per request).
+//! `config` turns YAML into the immutable snapshot each request reads once;
+//! `state` holds what outlives a snapshot; `status` serves the admin endpoints.
+
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod bans;
+pub mod config;
+pub mod explain;
+pub mod policy;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod report;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod tls;
+pub mod upstream;
+pub mod users;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use config::Config;
+use state::Shared;
+
+/// A running guard: its bound addresses and the switch that stops it.
+pub struct Guard {
+    pub shared: Arc<Shared>,
+    /// Public listeners, in config order, with the ports actually bound.
+    pub addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Guard {
+    /// Binds every listener of `config` (port 0 picks a free one) and starts serving.
+    pub async fn start(config: Config) -> Result<Guard, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = tls::TlsStores::load(&config.listeners)?;
+        let log = access_log::AccessLog::start(config.log.format, config.log.path.clone())
+            .map_err(|e| format!("log.path: cannot open the access log: {e}"))?;
+        let listeners = server::bind(&config.listeners).await?;
+        let admin = match config.status.listen {
+            Some(addr) => Some(
+                server::bind_one(addr)
+                    .await
+                    .map_err(|e| format!("status.listen: {e}"))?,
+            ),
+            None => None,
+        };
+        let shared = Shared::new(config, log, tls)?;
+        let addrs = listeners
+            .iter()
+            .filter_map(|l| l.tcp.local_addr().ok())
+            .collect();
+        let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+        let (tx, rx) = watch::channel(false);
+        if let Some(admin) = admin {
+            tokio::spawn(status::serve_admin(admin, shared.clone(), rx.clone()));
+        }
+        tokio::spawn(status::probe_upstream(shared.clone(), rx.clone()));
+        let done = tokio::spawn(server::serve(listeners, shared.clone(), rx));
+        Ok(Guard {
+            shared,
+            addrs,
+            admin_addr,
+            shutdown: tx,
+            done,
+        })
+    }
+
+    /// Re-reads the config file the guard was started with.
+    pub fn reload(&self) -> Result<(), String> {
+        let path = self.shared.runtime.load().config.source.path.clone();
+        reload(&self.shared, &path)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the grace), returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Loads, validates and swaps in a new config; on any error the old one keeps
+/// serving and the error is kept for /status and /healthz.
+pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
+    let result = try_reload(shared, path);
+    let mut info = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
+    info.last_reload_at = Some(access_log::rfc3339(SystemTime::now()));
+    match &result {
+        Ok(restart) => {
+            shared.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            info.last_reload_error = None;
+            info.restart_needed = restart.clone();
+            if let Some(r) = restart {
+                tracing::warn!("config reloaded, but {r}");
+            } else {
+                tracing::info!(path = %path.display(), "config reloaded");
+            }
+        }
+        Err(e) => {
+            shared.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            info.last_reload_error = Some(e.clone());
+            tracing::error!("config reload failed, the previous config keeps serving: {e}");
+        }
+    }
+    result.map(|_| ())
+}
+
+fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let old = shared.runtime.load();
+    let mut restart = Vec::new();
+    if config.listeners != old.config.listeners {
+        restart.push("listener changes (addresses, TLS files list, proxy_protocol) need a restart");
+    }
+    if config.status.listen != old.config.status.listen {
+        restart.push("status.listen changes need a restart");
+    }
+    if config.log != old.config.log {
+        restart.push("log changes need a restart");
+    }
+    if config.limits != old.config.limits {
+        restart.push("limits apply to new connections only after a restart");
+    }
+    let cert_errors = shared.tls.reload(&config.listeners);
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let runtime = shared.stats.runtime_for(config)?;
+    shared.runtime.store(Arc::new(runtime));
+    if !cert_errors.is_empty() {
+        return Err(cert_errors.join("; "));
+    }
+    Ok((!restart.is_empty()).then(|| restart.join("; ")))
+}

@@ -1,0 +1,309 @@
+//! The `cartguard` command: run, check, explain, hash-password, status.
+
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use cartguard::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "cartguard",
+    version,
+    about = "Admits Integration Management by address, asks everyone else to log in, forwards to the cart."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the guard.
+    Run {
+        #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config and print the effective policy; exit 1 on any error.
+    Check {
+        #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
+        config: PathBuf,
+        /// Print only errors and warnings.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show how one request would be decided, step by step.
+    Explain {
+        #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
+        config: PathBuf,
+        /// The client's address.
+        #[arg(long)]
+        ip: IpAddr,
+        /// The socket peer, if the client comes through a proxy (default: --ip).
+        #[arg(long)]
+        peer: Option<IpAddr>,
+        /// A request header, 'Name: value' (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Pretend the request carries Basic credentials for this user.
+        #[arg(long)]
+        user: Option<String>,
+        method: String,
+        /// Path and optional query, e.g. '/wp-json/wc/v3/orders' or '/?rest_route=/wc/v3/orders'.
+        target: String,
+    },
+    /// Read a password (no echo on a terminal, or from stdin) and print an htpasswd line.
+    HashPassword {
+        #[arg(default_value = "admin")]
+        user: String,
+        #[arg(long, default_value_t = 12)]
+        cost: u32,
+    },
+    /// Fetch /status from the admin listener and print a summary.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config, quiet } => check(&config, quiet),
+        Command::Explain {
+            config,
+            ip,
+            peer,
+            headers,
+            user,
+            method,
+            target,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let q = cartguard::explain::Question {
+                ip,
+                peer,
+                headers,
+                user,
+                method,
+                target,
+            };
+            match cartguard::explain::explain(&config, &q) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::HashPassword { user, cost } => hash_password(&user, cost),
+        Command::Status { admin, json } => status(admin, json),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("cartguard: {message}");
+    ExitCode::FAILURE
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("invalid config: {e}")),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CARTGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    log_policy(&config);
+    let path = config.source.path.clone();
+    let guard = cartguard::Guard::start(config).await?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(addrs = ?guard.addrs, admin = ?guard.admin_addr, "cartguard ready");
+    let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, monotonic_usec()]);
+                let _ = cartguard::reload(&guard.shared, &path);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = usr1.recv() => guard.shared.access_log.reopen(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping: finishing requests in flight");
+    guard.shutdown().await;
+    // Give the access-log writer a moment to flush the last records.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn monotonic_usec() -> sd_notify::NotifyState<'static> {
+    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Ready)
+}
+
+fn log_policy(config: &Config) {
+    let p = &config.policy;
+    for r in &p.rules {
+        let allow: Vec<&str> = r.allow.iter().map(|&g| p.groups[g].name.as_str()).collect();
+        tracing::info!(rule = %r.name, path_prefix = %r.path_prefix, allow = ?allow, others = ?r.others, "rule");
+    }
+}
+
+fn check(path: &Path, quiet: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let tls = cartguard::tls::TlsStores::load(&config.listeners);
+    let mut errors = Vec::new();
+    let mut warnings = config.warnings.clone();
+    match &tls {
+        Err(e) => errors.push(e.clone()),
+        Ok(stores) => {
+            for (listener, info) in stores.infos() {
+                if info.days_left < 14 {
+                    warnings.push(format!(
+                        "certificate {} on {listener} expires in {} days ({})",
+                        info.file, info.days_left, info.not_after
+                    ));
+                }
+            }
+        }
+    }
+    if !quiet {
+        print!("{}", cartguard::report::describe(&config));
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        if !quiet {
+            println!("config OK");
+        }
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn hash_password(user: &str, cost: u32) -> ExitCode {
+    if user.is_empty() || user.contains(':') {
+        return fail("the user name must be non-empty and have no colon");
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = match rpassword::prompt_password(format!("password for {user}: ")) {
+            Ok(p) => p,
+            Err(e) => return fail(&format!("cannot read the password: {e}")),
+        };
+        match rpassword::prompt_password("again: ") {
+            Ok(again) if again == first => first,
+            Ok(_) => return fail("the passwords differ"),
+            Err(e) => return fail(&format!("cannot read the password: {e}")),
+        }
+    } else {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            return fail(&format!("cannot read the password from stdin: {e}"));
+        }
+        s.lines().next().unwrap_or("").to_string()
+    };
+    if password.is_empty() {
+        return fail("empty password");
+    }
+    match bcrypt::hash_with_result(&password, cost) {
+        Ok(h) => {
+            println!("{user}:{}", h.format_for_version(bcrypt::Version::TwoY));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot hash: {e}")),
+    }
+}
+
+fn status(admin: SocketAddr, raw: bool) -> ExitCode {
+    let body =
+        match fetch_status(admin) {
+            Ok(b) => b,
+            Err(e) => return fail(&format!(
+                "cannot read status from {admin}: {e} (is the guard running? see status.listen)"
+            )),
+        };
+    if raw {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let doc: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return fail(&format!("status is not JSON: {e}")),
+    };
+    print!("{}", cartguard::report::summarize_status(&doc));
+    if doc["healthy"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A tiny HTTP/1.0 GET, enough for the loopback admin listener.
+fn fetch_status(admin: SocketAddr) -> Result<String, String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: cartguard\r\nAccept: application/json\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (_, body) = text.split_once("\r\n\r\n").ok_or("malformed response")?;
+    Ok(body.to_string())
+}

@@ -1,0 +1,177 @@
+//! Header hygiene between the client and the cart.
+//!
+//! Hop-by-hop headers (and every header the client's Connection names) are
+//! removed *before* the guard adds its own forwarding headers, so
+//! `Connection: X-Forwarded-For` cannot delete them. Forwarding headers from the
+//! client are always replaced by what the guard believes.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::policy::client_ip::ClientAddr;
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers a client could use to lie about itself to the cart.
+const FORWARDING: [&str; 8] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+];
+
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+pub struct Forwarding<'a> {
+    pub client: &'a ClientAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a str,
+}
+
+/// Sets X-Forwarded-For to the believed chain plus the peer (for a trusted
+/// peer), or to the client alone; X-Real-IP to the client; proto, host and id.
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
+    for name in FORWARDING {
+        headers.remove(name);
+    }
+    let mut chain: Vec<IpAddr> = if f.client.chain.is_empty() {
+        vec![f.client.ip]
+    } else {
+        f.client.chain.clone()
+    };
+    if f.client.peer_trusted && f.client.ip != f.client.peer {
+        chain.push(f.client.peer);
+    }
+    let xff = chain
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    insert(headers, "x-forwarded-for", &xff);
+    insert(headers, "x-real-ip", &f.client.ip.to_string());
+    insert(headers, "x-forwarded-proto", f.proto);
+    if let Some(host) = f.host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    insert(headers, "x-request-id", f.request_id);
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// Sum of header name and value lengths, as a size check independent of framing.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::client_ip::Resolution;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_named_headers_go_first_then_ours_are_added() {
+        let mut h = map(&[
+            ("connection", "x-forwarded-for, x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let client = ClientAddr {
+            ip: "192.0.2.1".parse().unwrap(),
+            peer: "192.0.2.1".parse().unwrap(),
+            peer_trusted: false,
+            how: Resolution::Peer,
+            chain: vec![],
+        };
+        set_forwarding(
+            &mut h,
+            &Forwarding {
+                client: &client,
+                proto: "https",
+                host: None,
+                request_id: "abc",
+            },
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        for gone in ["x-secret", "keep-alive", "te", "upgrade", "connection"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        assert!(h.get("accept").is_some());
+    }
+
+    #[test]
+    fn trusted_chain_is_kept_and_peer_appended() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1, 50.18.194.14")]);
+        let client = ClientAddr {
+            ip: "50.18.194.14".parse().unwrap(),
+            peer: "127.0.0.1".parse().unwrap(),
+            peer_trusted: true,
+            how: Resolution::Header,
+            chain: vec!["50.18.194.14".parse().unwrap()],
+        };
+        set_forwarding(
+            &mut h,
+            &Forwarding {
+                client: &client,
+                proto: "http",
+                host: None,
+                request_id: "abc",
+            },
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "50.18.194.14, 127.0.0.1");
+        assert_eq!(h.get("x-real-ip").unwrap(), "50.18.194.14");
+    }
+}

@@ -1,0 +1,440 @@
+//! Listeners and connections: accept, PROXY header, TLS handshake, HTTP/1 and
+//! HTTP/2 through hyper with its timers, idle cut-off and graceful drain.
+//!
+//! Sockets are bound by the caller (main or a test) and passed in, so tests run
+//! the real server on ports the OS picks.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::ListenerConfig;
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+
+pub struct BoundListener {
+    pub tcp: TcpListener,
+    pub config: ListenerConfig,
+}
+
+/// Bind every configured listener; errors name the address.
+pub async fn bind(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, String> {
+    let mut out = Vec::new();
+    for l in listeners {
+        let tcp = bind_one(l.addr).await?;
+        out.push(BoundListener {
+            tcp,
+            config: l.clone(),
+        });
+    }
+    Ok(out)
+}
+
+pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    socket.bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: the port is already in use"),
+        std::io::ErrorKind::PermissionDenied => format!("cannot listen on {addr}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"),
+        _ => format!("cannot listen on {addr}: {e}"),
+    })?;
+    socket
+        .listen(1024)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Tracks live connections so shutdown can wait for them.
+#[derive(Default)]
+pub struct Tracker {
+    live: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        TrackGuard(self.clone())
+    }
+
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct TrackGuard(Arc<Tracker>);
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Runs the accept loops until `shutdown` turns true, then drains for the grace period.
+pub async fn serve(
+    listeners: Vec<BoundListener>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = shared.runtime.load().config.limits.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = Arc::new(Tracker::default());
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let addr = l
+            .tcp
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| l.config.addr.to_string());
+        tracing::info!(listener = %addr, tls = !l.config.certs.is_empty(), proxy_protocol = l.config.proxy_protocol, "listening");
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            addr,
+            shared.clone(),
+            permits.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let _ = shutdown.wait_for(|s| *s).await;
+    for t in &tasks {
+        t.abort();
+    }
+    let grace = shared.runtime.load().config.limits.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "connections still open after the shutdown grace; closing them"
+        );
+    }
+}
+
+async fn accept_loop(
+    l: BoundListener,
+    addr: String,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: Arc<Tracker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let listener: Arc<str> = addr.into();
+    let tls = match shared
+        .tls
+        .store_for(&l.config.addr.to_string())
+        .or_else(|| shared.tls.store_for(&listener))
+    {
+        Some(store) if !l.config.certs.is_empty() => match store.server_config() {
+            Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            Err(e) => {
+                tracing::error!(listener = %listener, error = %e, "TLS setup failed; listener not started");
+                return;
+            }
+        },
+        _ => None,
+    };
+    loop {
+        // Beyond max_connections, stop accepting until one closes; open ones keep working.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match l.tcp.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %listener, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = tracker.enter();
+        let shared = shared.clone();
+        let listener = listener.clone();
+        let tls = tls.clone();
+        let cfg = l.config.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shared
+                .stats
+                .active_connections
+                .fetch_add(1, Ordering::Relaxed);
+            connection(stream, peer, cfg, listener, tls, shared.clone(), shutdown).await;
+            shared
+                .stats
+                .active_connections
+                .fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            drop(guard);
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+    cfg: ListenerConfig,
+    listener: Arc<str>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = shared.runtime.load().config.limits.clone();
+    let mut peer = socket_peer;
+    if cfg.proxy_protocol {
+        match crate::proxy_protocol::read_header(&mut stream, limits.header_timeout).await {
+            Ok(Some(addr)) => peer = addr,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(peer = %socket_peer, listener = %listener, "closing connection: {e}");
+                return;
+            }
+        }
+    }
+    let activity = Arc::new(Activity::new());
+    match tls {
+        None => {
+            let info = Arc::new(ConnInfo {
+                peer,
+                listener,
+                tls: None,
+                redirect_https: cfg.redirect_https,
+            });
+            serve_http(
+                ActivityIo::new(stream, activity.clone()),
+                info,
+                activity,
+                shared,
+                shutdown,
+                &limits,
+            )
+            .await;
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, listener = %listener, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, listener = %listener, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let version = match tls_stream.get_ref().1.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            };
+            let info = Arc::new(ConnInfo {
+                peer,
+                listener,
+                tls: Some(version),
+                redirect_https: false,
+            });
+            serve_http(
+                ActivityIo::new(tls_stream, activity.clone()),
+                info,
+                activity,
+                shared,
+                shutdown,
+                &limits,
+            )
+            .await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: &crate::config::Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(64)
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let in_flight = activity.clone();
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        let guard = in_flight.request();
+        async move {
+            let resp = proxy::handle(shared, info, req).await;
+            drop(guard);
+            resp
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle_timeout = limits.idle_timeout;
+    let mut closing = false;
+    let mut tick = tokio::time::interval(
+        idle_timeout
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(50)),
+    );
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= idle_timeout && activity.in_flight() == 0 {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Last read/write time and requests in flight on one connection.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    fn request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// An IO wrapper that records activity for the idle cut-off.
+struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> ActivityIo<T> {
+    fn new(inner: T, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,285 @@
+//! What outlives a single request and a single config: the current snapshot,
+//! counters, recent refusals, bans and the verification pool.
+//!
+//! Counters are registered by rule and group *name*, so they survive a reload
+//! that keeps the name; each snapshot holds direct `Arc`s to its counters, so the
+//! request path increments atomics without looking anything up.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::access_log::{rfc3339, AccessLog, DecisionLabel};
+use crate::bans::BanTable;
+use crate::config::Config;
+use crate::upstream::Upstream;
+use crate::users::VerifyPool;
+
+/// One loaded configuration with everything built from it.
+pub struct Runtime {
+    pub config: Config,
+    pub upstream: Upstream,
+    pub rule_stats: Vec<Arc<RuleStats>>,
+    pub group_stats: Vec<Arc<GroupStats>>,
+}
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub stats: Stats,
+    pub bans: BanTable,
+    pub verify_pool: VerifyPool,
+    pub access_log: AccessLog,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub reload: Mutex<ReloadInfo>,
+    pub tls: crate::tls::TlsStores,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadInfo {
+    pub last_reload_at: Option<String>,
+    pub last_reload_error: Option<String>,
+    pub restart_needed: Option<String>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        access_log: AccessLog,
+        tls: crate::tls::TlsStores,
+    ) -> Result<Arc<Shared>, String> {
+        let stats = Stats::default();
+        let runtime = stats.runtime_for(config)?;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            stats,
+            bans: BanTable::default(),
+            verify_pool: VerifyPool::new(threads, 256),
+            access_log,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            reload: Mutex::new(ReloadInfo::default()),
+            tls,
+        }))
+    }
+}
+
+#[derive(Default)]
+pub struct RuleStats {
+    /// [decision][status class 1xx..5xx]
+    pub counts: [[AtomicU64; 5]; DecisionLabel::ALL.len()],
+}
+
+impl RuleStats {
+    pub fn count(&self, decision: DecisionLabel, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.counts[decision.index()][class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn by_decision(&self) -> Vec<(DecisionLabel, u64)> {
+        DecisionLabel::ALL
+            .iter()
+            .map(|d| {
+                (
+                    *d,
+                    self.counts[d.index()]
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .sum(),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+#[derive(Default)]
+pub struct GroupStats {
+    pub requests: AtomicU64,
+    pub last: Mutex<Option<GroupLast>>,
+    /// Unix seconds of the last request, for /metrics and /healthz without a lock.
+    pub last_seen_unix: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupLast {
+    pub at: String,
+    pub client_ip: String,
+    pub path: String,
+    pub status: u16,
+    pub decision: DecisionLabel,
+}
+
+impl GroupStats {
+    pub fn seen(&self, last: GroupLast) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.last_seen_unix.store(now, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Denial {
+    pub time: String,
+    pub client_ip: String,
+    pub peer_ip: String,
+    pub rule: Option<String>,
+    pub decision: DecisionLabel,
+    pub status: u16,
+    pub path: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Alarm {
+    pub client_ip: String,
+    pub rule: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    #[serde(skip)]
+    pub last_warned: Option<Instant>,
+}
+
+pub const RECENT_DENIALS: usize = 100;
+const MAX_ALARMS: usize = 1000;
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct UpstreamHealth {
+    pub reachable: AtomicBool,
+    pub probed: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+    pub last_ok_at: Mutex<Option<SystemTime>>,
+    pub in_flight: AtomicI64,
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub latency_count: AtomicU64,
+    pub latency_sum_us: AtomicU64,
+}
+
+impl UpstreamHealth {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn ok(&self) {
+        *self.last_ok_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+    }
+
+    pub fn failed(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("{} {error}", rfc3339(SystemTime::now())));
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    rules: Mutex<HashMap<String, Arc<RuleStats>>>,
+    groups: Mutex<HashMap<String, Arc<GroupStats>>>,
+    pub recent_denials: Mutex<VecDeque<Denial>>,
+    pub alarms: Mutex<HashMap<IpAddr, Alarm>>,
+    pub upstream: UpstreamHealth,
+    pub active_connections: AtomicI64,
+    pub auth_failures: AtomicU64,
+    pub bans_started: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+impl Stats {
+    /// Builds a runtime for `config`, reusing counters of rules and groups that keep their names.
+    pub fn runtime_for(&self, config: Config) -> Result<Runtime, String> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let rule_stats = {
+            let mut reg = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+            config
+                .policy
+                .rules
+                .iter()
+                .map(|r| reg.entry(r.name.clone()).or_default().clone())
+                .collect()
+        };
+        let group_stats = {
+            let mut reg = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            config
+                .policy
+                .groups
+                .iter()
+                .map(|g| reg.entry(g.name.clone()).or_default().clone())
+                .collect()
+        };
+        Ok(Runtime {
+            config,
+            upstream,
+            rule_stats,
+            group_stats,
+        })
+    }
+
+    pub fn deny(&self, d: Denial) {
+        let mut q = self
+            .recent_denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.len() >= RECENT_DENIALS {
+            q.pop_front();
+        }
+        q.push_back(d);
+    }
+
+    /// Counts a refused request that looks like the integration from a new address;
+    /// returns true when it deserves a warning (once per address per hour).
+    pub fn alarm(&self, ip: IpAddr, rule: &str) -> bool {
+        let now = Instant::now();
+        let stamp = rfc3339(SystemTime::now());
+        let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        if !alarms.contains_key(&ip) && alarms.len() >= MAX_ALARMS {
+            return false;
+        }
+        let a = alarms.entry(ip).or_insert_with(|| Alarm {
+            client_ip: ip.to_string(),
+            rule: rule.to_string(),
+            count: 0,
+            first_seen: stamp.clone(),
+            last_seen: stamp.clone(),
+            last_warned: None,
+        });
+        a.count += 1;
+        a.last_seen = stamp;
+        a.rule = rule.to_string();
+        let warn = a
+            .last_warned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(3600));
+        if warn {
+            a.last_warned = Some(now);
+        }
+        warn
+    }
+
+    pub fn rules_snapshot(&self) -> HashMap<String, Arc<RuleStats>> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

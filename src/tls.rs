@@ -1,0 +1,225 @@
+//! TLS termination: certificates per listener, chosen by SNI, swappable on reload.
+//!
+//! Each TLS listener owns a `CertStore`; its resolver reads the current set
+//! atomically on every handshake, so a reload (SIGHUP) changes the certificate
+//! for new handshakes without touching established connections. A broken or
+//! missing file keeps the old certificates and is reported.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+use crate::config::{CertPaths, ListenerConfig};
+use crate::upstream::crypto_provider;
+
+/// One loaded certificate with what /status shows about it.
+#[derive(Debug)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    pub info: CertInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertInfo {
+    pub file: String,
+    pub names: Vec<String>,
+    pub not_after: String,
+    #[serde(skip)]
+    pub not_after_unix: i64,
+    pub days_left: i64,
+}
+
+/// The certificates of one listener; the first is the default.
+#[derive(Debug)]
+pub struct CertStore {
+    pub listener: String,
+    current: ArcSwap<Vec<LoadedCert>>,
+}
+
+/// Every TLS listener's store, by listener address.
+#[derive(Debug, Default)]
+pub struct TlsStores {
+    pub stores: Vec<Arc<CertStore>>,
+}
+
+impl TlsStores {
+    pub fn load(listeners: &[ListenerConfig]) -> Result<TlsStores, String> {
+        let mut stores = Vec::new();
+        for l in listeners.iter().filter(|l| !l.certs.is_empty()) {
+            stores.push(Arc::new(CertStore {
+                listener: l.addr.to_string(),
+                current: ArcSwap::from_pointee(load_all(&l.certs)?),
+            }));
+        }
+        Ok(TlsStores { stores })
+    }
+
+    pub fn store_for(&self, listener: &str) -> Option<Arc<CertStore>> {
+        self.stores.iter().find(|s| s.listener == listener).cloned()
+    }
+
+    /// Re-reads the files of each listener still configured; a failure keeps the old set.
+    pub fn reload(&self, listeners: &[ListenerConfig]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for l in listeners.iter().filter(|l| !l.certs.is_empty()) {
+            let Some(store) = self.store_for(&l.addr.to_string()) else {
+                continue;
+            };
+            match load_all(&l.certs) {
+                Ok(certs) => store.current.store(Arc::new(certs)),
+                Err(e) => errors.push(format!(
+                    "listener {}: {e}; keeping the previous certificate",
+                    l.addr
+                )),
+            }
+        }
+        errors
+    }
+
+    pub fn infos(&self) -> Vec<(String, CertInfo)> {
+        self.stores
+            .iter()
+            .flat_map(|s| {
+                s.current
+                    .load()
+                    .iter()
+                    .map(|c| (s.listener.clone(), c.info.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl CertStore {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.0.current.load();
+        if let Some(sni) = hello.server_name() {
+            if let Some(c) = certs
+                .iter()
+                .find(|c| c.info.names.iter().any(|n| name_matches(n, sni)))
+            {
+                return Some(c.key.clone());
+            }
+        }
+        certs.first().map(|c| c.key.clone())
+    }
+}
+
+/// Exact or single-label wildcard match, ASCII case-insensitive.
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        return match host.split_once('.') {
+            Some((label, rest)) => !label.is_empty() && rest.eq_ignore_ascii_case(suffix),
+            None => false,
+        };
+    }
+    pattern.eq_ignore_ascii_case(host)
+}
+
+fn load_all(paths: &[CertPaths]) -> Result<Vec<LoadedCert>, String> {
+    paths.iter().map(load_one).collect()
+}
+
+pub fn load_one(p: &CertPaths) -> Result<LoadedCert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&p.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("certificate {}: {e}", p.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "certificate {}: no PEM certificate in the file",
+            p.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&p.key).map_err(|e| {
+        format!(
+            "key {}: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)",
+            p.key.display()
+        )
+    })?;
+    let info = cert_info(&p.cert, &chain[0])?;
+    let certified = CertifiedKey::from_der(chain, key, &crypto_provider())
+        .map_err(|e| format!("{} / {}: {e}", p.cert.display(), p.key.display()))?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        info,
+    })
+}
+
+fn cert_info(file: &Path, der: &CertificateDer) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("certificate {}: {e}", file.display()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_string());
+            }
+        }
+    }
+    let not_after_unix = cert.validity().not_after.timestamp();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(CertInfo {
+        file: file.display().to_string(),
+        names,
+        not_after: crate::access_log::rfc3339(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(not_after_unix.max(0) as u64),
+        ),
+        not_after_unix,
+        days_left: (not_after_unix - now).div_euclid(86_400),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn sni_names() {
+        assert!(name_matches("shop.example.com", "SHOP.example.com"));
+        assert!(name_matches("*.example.com", "shop.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("shop.example.com", "shop.example.org"));
+    }
+}
