@@ -146,13 +146,8 @@ impl AccessLog {
     pub fn start(format: LogFormat, path: Option<PathBuf>) -> io::Result<AccessLog> {
         let sink = Sink::open(path)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer(rx, sink, format))?;
-        Ok(AccessLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        })
+        std::thread::Builder::new().name("access-log".into()).spawn(move || writer(rx, sink, format))?;
+        Ok(AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) })
     }
 
     pub fn write(&self, record: AccessRecord) {
@@ -312,22 +307,14 @@ pub fn escape_combined(s: &str) -> String {
 
 /// Replaces the value of every query parameter whose name looks secret.
 pub fn redact_query(query: &str) -> String {
-    const SECRET_WORDS: [&str; 7] = [
-        "key",
-        "secret",
-        "token",
-        "password",
-        "pass",
-        "signature",
-        "sig",
-    ];
+    const SECRET_WORDS: [&str; 7] = ["key", "secret", "token", "password", "pass", "signature", "sig"];
     query
         .split('&')
         .map(|pair| {
             let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
             let lower = name.to_ascii_lowercase();
-            let decoded = crate::policy::path::percent_decode(lower.as_bytes())
-                .unwrap_or_else(|_| lower.clone().into_bytes());
+            let decoded =
+                crate::policy::path::percent_decode(lower.as_bytes()).unwrap_or_else(|_| lower.clone().into_bytes());
             let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
             if pair.contains('=') && SECRET_WORDS.iter().any(|w| decoded.contains(w)) {
                 format!("{name}=REDACTED")
@@ -357,15 +344,7 @@ fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
     let secs = since.as_secs();
     let (y, mo, d) = civil((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    (
-        y,
-        mo,
-        d,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis(),
-    )
+    (y, mo, d, rem / 3600, rem % 3600 / 60, rem % 60, since.subsec_millis())
 }
 
 /// `2026-11-29T04:43:04.123Z`
@@ -376,14 +355,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// `29/Nov/2026:04:43:04 +0000`
 fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let (y, mo, d, h, mi, s, _) = parts(t);
-    format!(
-        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
-        MONTHS[(mo - 1) as usize]
-    )
+    format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000", MONTHS[(mo - 1) as usize])
 }
 
 #[cfg(test)]
@@ -426,10 +400,7 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_927_384_123);
         assert_eq!(rfc3339(t), "2026-11-29T04:43:04.123Z");
         assert_eq!(clf_time(t), "29/Nov/2026:04:43:04 +0000");
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
-        );
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]
@@ -464,12 +435,7 @@ mod tests {
         format_record(&r, LogFormat::Json, &mut out);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
-        assert!(
-            !line[..line.len() - 1]
-                .bytes()
-                .any(|b| b < 0x20 || b == 0x7f),
-            "{line:?}"
-        );
+        assert!(!line[..line.len() - 1].bytes().any(|b| b < 0x20 || b == 0x7f), "{line:?}");
         assert!(!line.contains('\u{85}'));
     }
 

@@ -47,10 +47,7 @@ fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
 
 impl BanTable {
     pub fn with_capacity(capacity: usize) -> BanTable {
-        BanTable {
-            entries: Mutex::default(),
-            capacity_override: Some(capacity),
-        }
+        BanTable { entries: Mutex::default(), capacity_override: Some(capacity) }
     }
 
     fn capacity(&self) -> usize {
@@ -60,11 +57,7 @@ impl BanTable {
     /// Time left on a ban, if the address is banned now.
     pub fn banned(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(&ip)
-            .and_then(|e| e.banned_until)
-            .filter(|&until| until > now)
-            .map(|until| until - now)
+        entries.get(&ip).and_then(|e| e.banned_until).filter(|&until| until > now).map(|until| until - now)
     }
 
     /// Counts a failure; returns true when this failure starts a ban.
@@ -72,24 +65,15 @@ impl BanTable {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if !entries.contains_key(&ip) && entries.len() >= self.capacity() {
             let horizon = policy.window.max(policy.ban);
-            entries.retain(|_, e| {
-                now.duration_since(e.window_start) < horizon
-                    || e.banned_until.is_some_and(|u| u > now)
-            });
+            entries
+                .retain(|_, e| now.duration_since(e.window_start) < horizon || e.banned_until.is_some_and(|u| u > now));
             if entries.len() >= self.capacity() {
-                tracing::warn!(
-                    capacity = self.capacity(),
-                    "failed-login table is full; not tracking a new address"
-                );
+                tracing::warn!(capacity = self.capacity(), "failed-login table is full; not tracking a new address");
                 return false;
             }
         }
-        let entry = entries.entry(ip).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            banned_until: None,
-            banned_at: None,
-        });
+        let entry =
+            entries.entry(ip).or_insert(Entry { failures: 0, window_start: now, banned_until: None, banned_at: None });
         if now.duration_since(entry.window_start) >= policy.window {
             entry.failures = 0;
             entry.window_start = now;
@@ -135,11 +119,7 @@ impl BanTable {
 mod tests {
     use super::*;
 
-    const P: BanPolicy = BanPolicy {
-        max_failures: 3,
-        window: Duration::from_secs(60),
-        ban: Duration::from_secs(120),
-    };
+    const P: BanPolicy = BanPolicy { max_failures: 3, window: Duration::from_secs(60), ban: Duration::from_secs(120) };
 
     #[test]
     fn bans_after_max_failures_within_window() {

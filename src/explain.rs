@@ -28,24 +28,17 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         .map_err(|_| format!("{:?} is not an HTTP method", q.method))?;
     let mut headers = HeaderMap::new();
     for h in &q.headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--header {h:?}: expected 'Name: value'"))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("--header {h:?}: bad header name"))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| format!("--header {h:?}: bad header value"))?;
+        let (name, value) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: expected 'Name: value'"))?;
+        let name =
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("--header {h:?}: bad header name"))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("--header {h:?}: bad header value"))?;
         headers.append(name, value);
     }
     let peer = q.peer.unwrap_or(q.ip);
     // With only --ip, the imagined client connects directly.
-    if q.peer.is_some()
-        && q.peer != Some(q.ip)
-        && !headers.contains_key(config.policy.client_ip.header.name())
-    {
+    if q.peer.is_some() && q.peer != Some(q.ip) && !headers.contains_key(config.policy.client_ip.header.name()) {
         if let Ok(v) = HeaderValue::from_str(&q.ip.to_string()) {
-            if let Ok(n) = HeaderName::from_bytes(config.policy.client_ip.header.name().as_bytes())
-            {
+            if let Ok(n) = HeaderName::from_bytes(config.policy.client_ip.header.name().as_bytes()) {
                 let v = if n == "forwarded" {
                     HeaderValue::from_str(&format!("for=\"{}\"", bracket(q.ip))).unwrap_or(v)
                 } else {
@@ -56,8 +49,7 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         }
     }
     if let Some(user) = &q.user {
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:(password not checked)"));
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:(password not checked)"));
         if let Ok(v) = HeaderValue::from_str(&format!("Basic {token}")) {
             headers.insert(http::header::AUTHORIZATION, v);
         }
@@ -66,30 +58,15 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         Some((p, qs)) => (p, Some(qs)),
         None => (q.target.as_str(), None),
     };
-    let d = decide(
-        &config.policy,
-        &RequestFacts {
-            peer,
-            method: &method,
-            path,
-            query,
-            headers: &headers,
-        },
-    );
+    let d = decide(&config.policy, &RequestFacts { peer, method: &method, path, query, headers: &headers });
     let p = &config.policy;
     let mut out = String::new();
     let _ = writeln!(out, "request   {} {}", method, q.target);
     let _ = writeln!(out, "\nclient address");
-    let trusted = if d.client.peer_trusted {
-        "a trusted proxy"
-    } else {
-        "not a trusted proxy"
-    };
+    let trusted = if d.client.peer_trusted { "a trusted proxy" } else { "not a trusted proxy" };
     let _ = writeln!(out, "  peer {} is {trusted}", d.client.peer);
     let how = match &d.client.how {
-        Resolution::Peer
-            if !headers.is_empty() && headers.contains_key(p.client_ip.header.name()) =>
-        {
+        Resolution::Peer if !headers.is_empty() && headers.contains_key(p.client_ip.header.name()) => {
             format!(
                 "its {} header is ignored (only trusted proxies are believed); client = peer",
                 p.client_ip.header.name()
@@ -99,31 +76,16 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         Resolution::TrustedPeerNoHeader => {
             format!("no {} header; client = peer", p.client_ip.header.name())
         }
-        Resolution::Header => format!(
-            "{} walked from the right, skipping trusted proxies",
-            p.client_ip.header.name()
-        ),
-        Resolution::Malformed(why) => format!(
-            "{} is unusable ({why}); client = peer",
-            p.client_ip.header.name()
-        ),
+        Resolution::Header => format!("{} walked from the right, skipping trusted proxies", p.client_ip.header.name()),
+        Resolution::Malformed(why) => format!("{} is unusable ({why}); client = peer", p.client_ip.header.name()),
     };
     let _ = writeln!(out, "  {how}\n  client = {}", d.client.ip);
     let _ = writeln!(out, "\ngroups");
     for (i, g) in p.groups.iter().enumerate() {
         let member = d.member_of & (1 << i) != 0;
-        let cidrs: Vec<String> = g
-            .set
-            .cidrs()
-            .iter()
-            .take(6)
-            .map(|n| n.to_string())
-            .collect();
-        let more = if g.set.cidrs().len() > 6 {
-            format!(" (+{} more)", g.set.cidrs().len() - 6)
-        } else {
-            String::new()
-        };
+        let cidrs: Vec<String> = g.set.cidrs().iter().take(6).map(|n| n.to_string()).collect();
+        let more =
+            if g.set.cidrs().len() > 6 { format!(" (+{} more)", g.set.cidrs().len() - 6) } else { String::new() };
         let _ = writeln!(
             out,
             "  {:<24} {}{more}  {}",
@@ -143,12 +105,7 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         let methods = r
             .methods
             .as_ref()
-            .map(|m| {
-                format!(
-                    " methods {}",
-                    m.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")
-                )
-            })
+            .map(|m| format!(" methods {}", m.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -184,20 +141,18 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         }
     };
     let _ = writeln!(out, "  {verdict}");
-    if matches!(
-        rule.map(|r| r.others),
-        Some(Others::Auth) | Some(Others::Deny)
-    ) && d.group.is_none()
+    if matches!(rule.map(|r| r.others), Some(Others::Auth) | Some(Others::Deny))
+        && d.group.is_none()
         && !d.client.peer_trusted
         && !p.client_ip.trusted_proxies.is_empty()
     {
-        let _ = writeln!(out, "  note: the peer is not in client_ip.trusted_proxies, so forwarding headers from it were not used");
-    }
-    if p.mode == Mode::Report {
         let _ = writeln!(
             out,
-            "  note: mode is report: this is logged, but the request is forwarded anyway"
+            "  note: the peer is not in client_ip.trusted_proxies, so forwarding headers from it were not used"
         );
+    }
+    if p.mode == Mode::Report {
+        let _ = writeln!(out, "  note: mode is report: this is logged, but the request is forwarded anyway");
     }
     if let Some(path) = &d.path {
         if path.forward != path.display() || q.target.starts_with("//") {
@@ -248,29 +203,16 @@ rules:
     #[test]
     fn integration_direct_is_allowed_and_401_points_at_the_cart() {
         let out = ask("50.18.194.14", None, &[], "/wp-json/wc/v3/orders");
-        assert!(
-            out.contains("allow: 50.18.194.14 is in group \"integration-management\""),
-            "{out}"
-        );
+        assert!(out.contains("allow: 50.18.194.14 is in group \"integration-management\""), "{out}");
         assert!(out.contains("the cart sent it"), "{out}");
     }
 
     #[test]
     fn through_an_untrusted_proxy_the_header_is_ignored() {
-        let out = ask(
-            "50.18.194.14",
-            Some("10.0.0.2"),
-            &[],
-            "/wp-json/wc/v3/orders",
-        );
+        let out = ask("50.18.194.14", Some("10.0.0.2"), &[], "/wp-json/wc/v3/orders");
         assert!(out.contains("header is ignored"), "{out}");
         assert!(out.contains("401 challenge"), "{out}");
-        let out = ask(
-            "50.18.194.14",
-            Some("10.0.0.1"),
-            &[],
-            "/wp-json/wc/v3/orders",
-        );
+        let out = ask("50.18.194.14", Some("10.0.0.1"), &[], "/wp-json/wc/v3/orders");
         assert!(out.contains("allow:"), "{out}");
     }
 

@@ -56,18 +56,11 @@ impl Guard {
             .map_err(|e| format!("log.path: cannot open the access log: {e}"))?;
         let listeners = server::bind(&config.listeners).await?;
         let admin = match config.status.listen {
-            Some(addr) => Some(
-                server::bind_one(addr)
-                    .await
-                    .map_err(|e| format!("status.listen: {e}"))?,
-            ),
+            Some(addr) => Some(server::bind_one(addr).await.map_err(|e| format!("status.listen: {e}"))?),
             None => None,
         };
         let shared = Shared::new(config, log, tls)?;
-        let addrs = listeners
-            .iter()
-            .filter_map(|l| l.tcp.local_addr().ok())
-            .collect();
+        let addrs = listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect();
         let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
         let (tx, rx) = watch::channel(false);
         if let Some(admin) = admin {
@@ -75,13 +68,7 @@ impl Guard {
         }
         tokio::spawn(status::probe_upstream(shared.clone(), rx.clone()));
         let done = tokio::spawn(server::serve(listeners, shared.clone(), rx));
-        Ok(Guard {
-            shared,
-            addrs,
-            admin_addr,
-            shutdown: tx,
-            done,
-        })
+        Ok(Guard { shared, addrs, admin_addr, shutdown: tx, done })
     }
 
     /// Re-reads the config file the guard was started with.
@@ -136,8 +123,12 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     if config.log != old.config.log {
         restart.push("log changes need a restart");
     }
-    if config.limits != old.config.limits {
-        restart.push("limits apply to new connections only after a restart");
+    if config.limits.max_connections != old.config.limits.max_connections
+        || config.limits.shutdown_grace != old.config.limits.shutdown_grace
+    {
+        restart.push(
+            "limits.max_connections and limits.shutdown_grace need a restart (other limits apply to new connections)",
+        );
     }
     let cert_errors = shared.tls.reload(&config.listeners);
     for w in &config.warnings {

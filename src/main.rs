@@ -80,27 +80,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config, quiet } => check(&config, quiet),
-        Command::Explain {
-            config,
-            ip,
-            peer,
-            headers,
-            user,
-            method,
-            target,
-        } => {
+        Command::Explain { config, ip, peer, headers, user, method, target } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(&e.to_string()),
             };
-            let q = cartguard::explain::Question {
-                ip,
-                peer,
-                headers,
-                user,
-                method,
-                target,
-            };
+            let q = cartguard::explain::Question { ip, peer, headers, user, method, target };
             match cartguard::explain::explain(&config, &q) {
                 Ok(text) => {
                     print!("{text}");
@@ -131,10 +116,7 @@ fn run(path: &Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -269,13 +251,12 @@ fn hash_password(user: &str, cost: u32) -> ExitCode {
 }
 
 fn status(admin: SocketAddr, raw: bool) -> ExitCode {
-    let body =
-        match fetch_status(admin) {
-            Ok(b) => b,
-            Err(e) => return fail(&format!(
-                "cannot read status from {admin}: {e} (is the guard running? see status.listen)"
-            )),
-        };
+    let body = match fetch_status(admin) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(&format!("cannot read status from {admin}: {e} (is the guard running? see status.listen)"))
+        }
+    };
     if raw {
         println!("{body}");
         return ExitCode::SUCCESS;
@@ -295,10 +276,8 @@ fn status(admin: SocketAddr, raw: bool) -> ExitCode {
 /// A tiny HTTP/1.0 GET, enough for the loopback admin listener.
 fn fetch_status(admin: SocketAddr) -> Result<String, String> {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     s.write_all(b"GET /status HTTP/1.0\r\nHost: cartguard\r\nAccept: application/json\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();

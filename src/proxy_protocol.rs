@@ -35,12 +35,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
     match result {
         ppp::HeaderResult::V1(Ok(h)) => {
             let addr = match h.addresses {
-                ppp::v1::Addresses::Tcp4(a) => {
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-                }
-                ppp::v1::Addresses::Tcp6(a) => {
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-                }
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
                 ppp::v1::Addresses::Unknown => None,
             };
             Ok(Parsed::Done(h.header.len(), addr))
@@ -48,12 +44,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
         ppp::HeaderResult::V2(Ok(h)) => {
             let addr = match (h.command, h.addresses) {
                 (ppp::v2::Command::Local, _) => None,
-                (_, ppp::v2::Addresses::IPv4(a)) => {
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-                }
-                (_, ppp::v2::Addresses::IPv6(a)) => {
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-                }
+                (_, ppp::v2::Addresses::IPv4(a)) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+                (_, ppp::v2::Addresses::IPv6(a)) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
                 _ => None,
             };
             Ok(Parsed::Done(h.len(), addr))
@@ -64,10 +56,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
 }
 
 /// Reads the header byte-exactly (peeking, so no HTTP bytes are consumed) within `timeout`.
-pub async fn read_header(
-    stream: &mut TcpStream,
-    timeout: Duration,
-) -> Result<Option<SocketAddr>, String> {
+pub async fn read_header(stream: &mut TcpStream, timeout: Duration) -> Result<Option<SocketAddr>, String> {
     let work = async {
         let mut buf = vec![0u8; 536];
         loop {
@@ -78,10 +67,7 @@ pub async fn read_header(
             match parse(&buf[..n])? {
                 Parsed::Done(len, addr) => {
                     let mut discard = vec![0u8; len];
-                    stream
-                        .read_exact(&mut discard)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    stream.read_exact(&mut discard).await.map_err(|e| e.to_string())?;
                     return Ok(addr);
                 }
                 Parsed::Incomplete if n == buf.len() => {
@@ -94,9 +80,7 @@ pub async fn read_header(
             }
         }
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| "no PROXY header within the header timeout".to_string())?
+    tokio::time::timeout(timeout, work).await.map_err(|_| "no PROXY header within the header timeout".to_string())?
 }
 
 #[cfg(test)]
@@ -107,11 +91,8 @@ mod tests {
     fn v1() {
         let h = b"PROXY TCP4 50.18.194.14 127.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n";
         let want = "50.18.194.14:56324".parse().unwrap();
-        assert_eq!(parse(h), Ok(Parsed::Done(44, Some(want))));
-        assert_eq!(
-            parse(b"PROXY TCP4 50.18.194.14 127.0.0.1 56324"),
-            Ok(Parsed::Incomplete)
-        );
+        assert_eq!(parse(h), Ok(Parsed::Done(45, Some(want))));
+        assert_eq!(parse(b"PROXY TCP4 50.18.194.14 127.0.0.1 56324"), Ok(Parsed::Incomplete));
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Parsed::Done(15, None)));
         assert!(parse(b"PROXY TCP4 500.18.194.14 127.0.0.1 1 2\r\n").is_err());
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
@@ -122,34 +103,21 @@ mod tests {
         let header = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
-            (
-                "[2001:db8::1]:1000".parse::<SocketAddr>().unwrap(),
-                "[::1]:443".parse::<SocketAddr>().unwrap(),
-            ),
+            ("[2001:db8::1]:1000".parse::<SocketAddr>().unwrap(), "[::1]:443".parse::<SocketAddr>().unwrap()),
         )
         .build()
         .unwrap();
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
-        assert_eq!(
-            parse(&bytes),
-            Ok(Parsed::Done(
-                header.len(),
-                Some("[2001:db8::1]:1000".parse().unwrap())
-            ))
-        );
+        assert_eq!(parse(&bytes), Ok(Parsed::Done(header.len(), Some("[2001:db8::1]:1000".parse().unwrap()))));
         assert_eq!(parse(&header[..10]), Ok(Parsed::Incomplete));
     }
 
     #[test]
     fn garbage_never_panics() {
-        for input in [
-            &b""[..],
-            b"\r\n\r\n\0\r\nQUIT\n\xff\xff",
-            b"PROXY",
-            &[0u8; 200],
-            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
-        ] {
+        for input in
+            [&b""[..], b"\r\n\r\n\0\r\nQUIT\n\xff\xff", b"PROXY", &[0u8; 200], b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"]
+        {
             let _ = parse(input);
         }
         assert!(parse(&[b'P'; 5000]).is_err());

@@ -32,32 +32,23 @@ pub async fn bind(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, St
     let mut out = Vec::new();
     for l in listeners {
         let tcp = bind_one(l.addr).await?;
-        out.push(BoundListener {
-            tcp,
-            config: l.clone(),
-        });
+        out.push(BoundListener { tcp, config: l.clone() });
     }
     Ok(out)
 }
 
 pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    socket
-        .set_reuseaddr(true)
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    socket.set_reuseaddr(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     socket.bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: the port is already in use"),
-        std::io::ErrorKind::PermissionDenied => format!("cannot listen on {addr}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot listen on {addr}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)")
+        }
         _ => format!("cannot listen on {addr}: {e}"),
     })?;
-    socket
-        .listen(1024)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    socket.listen(1024).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// Tracks live connections so shutdown can wait for them.
@@ -95,21 +86,13 @@ impl Drop for TrackGuard {
 }
 
 /// Runs the accept loops until `shutdown` turns true, then drains for the grace period.
-pub async fn serve(
-    listeners: Vec<BoundListener>,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let limits = shared.runtime.load().config.limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = Arc::new(Tracker::default());
     let mut tasks = Vec::new();
     for l in listeners {
-        let addr = l
-            .tcp
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| l.config.addr.to_string());
+        let addr = l.tcp.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| l.config.addr.to_string());
         tracing::info!(listener = %addr, tls = !l.config.certs.is_empty(), proxy_protocol = l.config.proxy_protocol, "listening");
         tasks.push(tokio::spawn(accept_loop(
             l,
@@ -125,10 +108,7 @@ pub async fn serve(
         t.abort();
     }
     let grace = shared.runtime.load().config.limits.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait_idle())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait_idle()).await.is_err() {
         tracing::warn!(
             grace_seconds = grace.as_secs(),
             "connections still open after the shutdown grace; closing them"
@@ -145,11 +125,7 @@ async fn accept_loop(
     shutdown: watch::Receiver<bool>,
 ) {
     let listener: Arc<str> = addr.into();
-    let tls = match shared
-        .tls
-        .store_for(&l.config.addr.to_string())
-        .or_else(|| shared.tls.store_for(&listener))
-    {
+    let tls = match shared.tls.store_for(&l.config.addr.to_string()).or_else(|| shared.tls.store_for(&listener)) {
         Some(store) if !l.config.certs.is_empty() => match store.server_config() {
             Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
             Err(e) => {
@@ -180,15 +156,9 @@ async fn accept_loop(
         let cfg = l.config.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            shared
-                .stats
-                .active_connections
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stats.active_connections.fetch_add(1, Ordering::Relaxed);
             connection(stream, peer, cfg, listener, tls, shared.clone(), shutdown).await;
-            shared
-                .stats
-                .active_connections
-                .fetch_sub(1, Ordering::Relaxed);
+            shared.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             drop(guard);
         });
@@ -219,25 +189,11 @@ async fn connection(
     let activity = Arc::new(Activity::new());
     match tls {
         None => {
-            let info = Arc::new(ConnInfo {
-                peer,
-                listener,
-                tls: None,
-                redirect_https: cfg.redirect_https,
-            });
-            serve_http(
-                ActivityIo::new(stream, activity.clone()),
-                info,
-                activity,
-                shared,
-                shutdown,
-                &limits,
-            )
-            .await;
+            let info = Arc::new(ConnInfo { peer, listener, tls: None, redirect_https: cfg.redirect_https });
+            serve_http(ActivityIo::new(stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
         }
         Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -254,21 +210,8 @@ async fn connection(
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "TLS",
             };
-            let info = Arc::new(ConnInfo {
-                peer,
-                listener,
-                tls: Some(version),
-                redirect_https: false,
-            });
-            serve_http(
-                ActivityIo::new(tls_stream, activity.clone()),
-                info,
-                activity,
-                shared,
-                shutdown,
-                &limits,
-            )
-            .await;
+            let info = Arc::new(ConnInfo { peer, listener, tls: Some(version), redirect_https: false });
+            serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
         }
     }
 }
@@ -314,11 +257,7 @@ async fn serve_http<I>(
     tokio::pin!(conn);
     let idle_timeout = limits.idle_timeout;
     let mut closing = false;
-    let mut tick = tokio::time::interval(
-        idle_timeout
-            .min(Duration::from_secs(1))
-            .max(Duration::from_millis(50)),
-    );
+    let mut tick = tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
@@ -345,20 +284,13 @@ pub struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
     }
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     fn idle_for(&self) -> Duration {
-        self.start
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -391,11 +323,7 @@ impl<T> ActivityIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -406,11 +334,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

@@ -48,16 +48,10 @@ pub struct ReloadInfo {
 }
 
 impl Shared {
-    pub fn new(
-        config: Config,
-        access_log: AccessLog,
-        tls: crate::tls::TlsStores,
-    ) -> Result<Arc<Shared>, String> {
+    pub fn new(config: Config, access_log: AccessLog, tls: crate::tls::TlsStores) -> Result<Arc<Shared>, String> {
         let stats = Stats::default();
         let runtime = stats.runtime_for(config)?;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stats,
@@ -87,15 +81,7 @@ impl RuleStats {
     pub fn by_decision(&self) -> Vec<(DecisionLabel, u64)> {
         DecisionLabel::ALL
             .iter()
-            .map(|d| {
-                (
-                    *d,
-                    self.counts[d.index()]
-                        .iter()
-                        .map(|c| c.load(Ordering::Relaxed))
-                        .sum(),
-                )
-            })
+            .map(|d| (*d, self.counts[d.index()].iter().map(|c| c.load(Ordering::Relaxed)).sum()))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -121,10 +107,7 @@ pub struct GroupLast {
 impl GroupStats {
     pub fn seen(&self, last: GroupLast) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         self.last_seen_unix.store(now, Ordering::Relaxed);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
     }
@@ -155,9 +138,7 @@ pub struct Alarm {
 
 pub const RECENT_DENIALS: usize = 100;
 const MAX_ALARMS: usize = 1000;
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Default)]
 pub struct UpstreamHealth {
@@ -180,8 +161,7 @@ impl UpstreamHealth {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn ok(&self) {
@@ -215,35 +195,17 @@ impl Stats {
         let upstream = Upstream::new(&config.upstream)?;
         let rule_stats = {
             let mut reg = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-            config
-                .policy
-                .rules
-                .iter()
-                .map(|r| reg.entry(r.name.clone()).or_default().clone())
-                .collect()
+            config.policy.rules.iter().map(|r| reg.entry(r.name.clone()).or_default().clone()).collect()
         };
         let group_stats = {
             let mut reg = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-            config
-                .policy
-                .groups
-                .iter()
-                .map(|g| reg.entry(g.name.clone()).or_default().clone())
-                .collect()
+            config.policy.groups.iter().map(|g| reg.entry(g.name.clone()).or_default().clone()).collect()
         };
-        Ok(Runtime {
-            config,
-            upstream,
-            rule_stats,
-            group_stats,
-        })
+        Ok(Runtime { config, upstream, rule_stats, group_stats })
     }
 
     pub fn deny(&self, d: Denial) {
-        let mut q = self
-            .recent_denials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= RECENT_DENIALS {
             q.pop_front();
         }
@@ -270,9 +232,7 @@ impl Stats {
         a.count += 1;
         a.last_seen = stamp;
         a.rule = rule.to_string();
-        let warn = a
-            .last_warned
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(3600));
+        let warn = a.last_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(3600));
         if warn {
             a.last_warned = Some(now);
         }

@@ -24,11 +24,7 @@ use crate::access_log::{rfc3339, DecisionLabel};
 use crate::config::raw::Mode;
 use crate::state::{Shared, LATENCY_BUCKETS};
 
-pub async fn serve_admin(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -42,40 +38,23 @@ pub async fn serve_admin(
                 async move { Ok::<_, Infallible>(route(&shared, &req)) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
         "/status" => {
             let doc = status_json(shared);
             if prefers_html(req) {
-                reply(
-                    StatusCode::OK,
-                    "text/html; charset=utf-8",
-                    status_html(&doc),
-                )
+                reply(StatusCode::OK, "text/html; charset=utf-8", status_html(&doc))
             } else {
-                reply(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n",
-                )
+                reply(StatusCode::OK, "application/json", serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n")
             }
         }
         "/healthz" => {
@@ -83,39 +62,25 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             if reasons.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ok\n".into())
             } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    reasons.join("\n") + "\n",
-                )
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", reasons.join("\n") + "\n")
             }
         }
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(shared)),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "try /status, /healthz or /metrics\n".into(),
-        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /status, /healthz or /metrics\n".into()),
     }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 /// True when the Accept header ranks text/html above application/json.
 fn prefers_html(req: &Request<Incoming>) -> bool {
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let q = |mime: &str| {
         accept
             .split(',')
@@ -123,12 +88,7 @@ fn prefers_html(req: &Request<Incoming>) -> bool {
                 let mut it = part.split(';');
                 let m = it.next()?.trim();
                 (m == mime).then(|| {
-                    it.find_map(|p| {
-                        p.trim()
-                            .strip_prefix("q=")
-                            .and_then(|v| v.parse::<f32>().ok())
-                    })
-                    .unwrap_or(1.0)
+                    it.find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.parse::<f32>().ok())).unwrap_or(1.0)
                 })
             })
             .fold(0.0f32, f32::max)
@@ -142,56 +102,33 @@ pub fn health_reasons(shared: &Shared) -> Vec<String> {
     let mut reasons = Vec::new();
     let up = &shared.stats.upstream;
     if up.probed.load(Ordering::Relaxed) && !up.reachable.load(Ordering::Relaxed) {
-        let err = up
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
-        reasons.push(format!(
-            "upstream {} unreachable: {err}",
-            rt.config.upstream.authority
-        ));
+        let err = up.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        reasons.push(format!("upstream {} unreachable: {err}", rt.config.upstream.authority));
     }
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     for e in &rt.config.status.expect {
         let Some(i) = rt.config.policy.group_index(&e.group) else {
             continue;
         };
         let last = rt.group_stats[i].last_seen_unix.load(Ordering::Relaxed);
         let since_start = shared.started.elapsed();
-        let stale = if last == 0 {
-            since_start >= e.within
-        } else {
-            Duration::from_secs(now.saturating_sub(last)) >= e.within
-        };
+        let stale =
+            if last == 0 { since_start >= e.within } else { Duration::from_secs(now.saturating_sub(last)) >= e.within };
         if stale {
             let seen = if last == 0 {
                 "never seen since start".to_string()
             } else {
                 format!("last seen {}s ago", now.saturating_sub(last))
             };
-            reasons.push(format!(
-                "group {} not seen within {}s ({seen})",
-                e.group,
-                e.within.as_secs()
-            ));
+            reasons.push(format!("group {} not seen within {}s ({seen})", e.group, e.within.as_secs()));
         }
     }
-    let reload = shared
-        .reload
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let reload = shared.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(err) = reload.last_reload_error {
         reasons.push(format!("last reload failed: {err}"));
     }
     if rt.config.policy.mode == Mode::Report {
-        reasons
-            .push("mode is report: the guard is NOT enforcing, every request is forwarded".into());
+        reasons.push("mode is report: the guard is NOT enforcing, every request is forwarded".into());
     }
     reasons
 }
@@ -200,11 +137,7 @@ pub fn status_json(shared: &Shared) -> Value {
     let rt = shared.runtime.load();
     let c = &rt.config;
     let stats = &shared.stats;
-    let reload = shared
-        .reload
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let reload = shared.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let up = &stats.upstream;
     let groups: Vec<Value> = c
         .policy
@@ -231,7 +164,8 @@ pub fn status_json(shared: &Shared) -> Value {
         .iter()
         .zip(rt.rule_stats.iter())
         .map(|(r, s)| {
-            let counts: serde_json::Map<String, Value> = s.by_decision().into_iter().map(|(d, n)| (d.as_str().to_string(), json!(n))).collect();
+            let counts: serde_json::Map<String, Value> =
+                s.by_decision().into_iter().map(|(d, n)| (d.as_str().to_string(), json!(n))).collect();
             json!({
                 "name": r.name,
                 "path_prefix": r.path_prefix,
@@ -241,21 +175,10 @@ pub fn status_json(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let denials: Vec<Value> = stats
-        .recent_denials
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .rev()
-        .map(|d| json!(d))
-        .collect();
-    let mut alarms: Vec<Value> = stats
-        .alarms
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .map(|a| json!(a))
-        .collect();
+    let denials: Vec<Value> =
+        stats.recent_denials.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().map(|d| json!(d)).collect();
+    let mut alarms: Vec<Value> =
+        stats.alarms.lock().unwrap_or_else(|p| p.into_inner()).values().map(|a| json!(a)).collect();
     alarms.sort_by_key(|a| std::cmp::Reverse(a["count"].as_u64().unwrap_or(0)));
     let health = health_reasons(shared);
     json!({
@@ -302,10 +225,7 @@ pub fn status_json(shared: &Shared) -> Value {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn cell(v: &Value) -> String {
@@ -364,15 +284,7 @@ fn status_html(doc: &Value) -> String {
         &mut out,
         "Groups",
         &arr("groups"),
-        &[
-            "name",
-            "requests",
-            "last_seen_at",
-            "last_client_ip",
-            "last_path",
-            "last_status",
-            "last_decision",
-        ],
+        &["name", "requests", "last_seen_at", "last_client_ip", "last_path", "last_status", "last_decision"],
     );
     table(
         &mut out,
@@ -380,39 +292,15 @@ fn status_html(doc: &Value) -> String {
         &arr("possible_new_integration_addresses"),
         &["client_ip", "rule", "count", "first_seen", "last_seen"],
     );
-    table(
-        &mut out,
-        "Rules",
-        &arr("rules"),
-        &["name", "path_prefix", "allow", "others", "decisions"],
-    );
+    table(&mut out, "Rules", &arr("rules"), &["name", "path_prefix", "allow", "others", "decisions"]);
     table(
         &mut out,
         "Recent refusals",
         &arr("recent_denials"),
-        &[
-            "time",
-            "client_ip",
-            "peer_ip",
-            "rule",
-            "decision",
-            "status",
-            "path",
-            "reason",
-        ],
+        &["time", "client_ip", "peer_ip", "rule", "decision", "status", "path", "reason"],
     );
-    table(
-        &mut out,
-        "Bans",
-        &arr("bans"),
-        &["ip", "seconds_left", "since"],
-    );
-    table(
-        &mut out,
-        "Certificates",
-        &arr("certificates"),
-        &["listener", "names", "not_after", "days_left"],
-    );
+    table(&mut out, "Bans", &arr("bans"), &["ip", "seconds_left", "since"]);
+    table(&mut out, "Certificates", &arr("certificates"), &["listener", "names", "not_after", "days_left"]);
     out
 }
 
@@ -420,11 +308,7 @@ pub fn metrics(shared: &Shared) -> String {
     let rt = shared.runtime.load();
     let stats = &shared.stats;
     let mut m = String::with_capacity(4096);
-    let label = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
+    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     m.push_str("# HELP cartguard_requests_total Requests by rule, decision and status class.\n# TYPE cartguard_requests_total counter\n");
     let mut rules: Vec<_> = stats.rules_snapshot().into_iter().collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
@@ -433,7 +317,13 @@ pub fn metrics(shared: &Shared) -> String {
             for (class, counter) in s.counts[d.index()].iter().enumerate() {
                 let n = counter.load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(m, "cartguard_requests_total{{rule=\"{}\",decision=\"{}\",status_class=\"{}xx\"}} {n}", label(&name), d.as_str(), class + 1);
+                    let _ = writeln!(
+                        m,
+                        "cartguard_requests_total{{rule=\"{}\",decision=\"{}\",status_class=\"{}xx\"}} {n}",
+                        label(&name),
+                        d.as_str(),
+                        class + 1
+                    );
                 }
             }
         }
@@ -448,10 +338,7 @@ pub fn metrics(shared: &Shared) -> String {
         );
     }
     let count = up.latency_count.load(Ordering::Relaxed);
-    let _ = writeln!(
-        m,
-        "cartguard_upstream_response_seconds_bucket{{le=\"+Inf\"}} {count}"
-    );
+    let _ = writeln!(m, "cartguard_upstream_response_seconds_bucket{{le=\"+Inf\"}} {count}");
     let _ = writeln!(
         m,
         "cartguard_upstream_response_seconds_sum {}",
@@ -459,10 +346,7 @@ pub fn metrics(shared: &Shared) -> String {
     );
     let _ = writeln!(m, "cartguard_upstream_response_seconds_count {count}");
     let gauge = |m: &mut String, name: &str, help: &str, kind: &str, value: String| {
-        let _ = writeln!(
-            m,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     gauge(
         &mut m,
@@ -513,17 +397,11 @@ pub fn metrics(shared: &Shared) -> String {
         "counter",
         shared.access_log.dropped().to_string(),
     );
-    let _ = writeln!(m, "# HELP cartguard_reloads_total Config reloads by result.\n# TYPE cartguard_reloads_total counter");
-    let _ = writeln!(
-        m,
-        "cartguard_reloads_total{{result=\"success\"}} {}",
-        stats.reloads_ok.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        m,
-        "cartguard_reloads_total{{result=\"failure\"}} {}",
-        stats.reloads_failed.load(Ordering::Relaxed)
-    );
+    let _ =
+        writeln!(m, "# HELP cartguard_reloads_total Config reloads by result.\n# TYPE cartguard_reloads_total counter");
+    let _ = writeln!(m, "cartguard_reloads_total{{result=\"success\"}} {}", stats.reloads_ok.load(Ordering::Relaxed));
+    let _ =
+        writeln!(m, "cartguard_reloads_total{{result=\"failure\"}} {}", stats.reloads_failed.load(Ordering::Relaxed));
     m.push_str("# HELP cartguard_group_last_seen_timestamp_seconds Unix time of the last request from each group (0: never).\n# TYPE cartguard_group_last_seen_timestamp_seconds gauge\n");
     for (g, s) in rt.config.policy.groups.iter().zip(rt.group_stats.iter()) {
         let _ = writeln!(
@@ -557,8 +435,7 @@ pub async fn probe_upstream(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                 rt.config.upstream.connect_timeout,
             )
         };
-        let result =
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&authority)).await;
+        let result = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&authority)).await;
         let up = &shared.stats.upstream;
         match result {
             Ok(Ok(_)) => {
@@ -566,18 +443,14 @@ pub async fn probe_upstream(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                 up.ok();
             }
             Ok(Err(e)) => {
-                if up.reachable.swap(false, Ordering::Relaxed) || !up.probed.load(Ordering::Relaxed)
-                {
+                if up.reachable.swap(false, Ordering::Relaxed) || !up.probed.load(Ordering::Relaxed) {
                     tracing::warn!(upstream = %authority, error = %e, "upstream probe failed");
                 }
                 up.failed(format!("probe: connect to {authority}: {e}"));
             }
             Err(_) => {
                 up.reachable.store(false, Ordering::Relaxed);
-                up.failed(format!(
-                    "probe: connect to {authority} timed out after {}ms",
-                    timeout.as_millis()
-                ));
+                up.failed(format!("probe: connect to {authority} timed out after {}ms", timeout.as_millis()));
             }
         }
         up.probed.store(true, Ordering::Relaxed);

@@ -74,10 +74,7 @@ impl TlsStores {
             };
             match load_all(&l.certs) {
                 Ok(certs) => store.current.store(Arc::new(certs)),
-                Err(e) => errors.push(format!(
-                    "listener {}: {e}; keeping the previous certificate",
-                    l.addr
-                )),
+                Err(e) => errors.push(format!("listener {}: {e}; keeping the previous certificate", l.addr)),
             }
         }
         errors
@@ -86,13 +83,7 @@ impl TlsStores {
     pub fn infos(&self) -> Vec<(String, CertInfo)> {
         self.stores
             .iter()
-            .flat_map(|s| {
-                s.current
-                    .load()
-                    .iter()
-                    .map(|c| (s.listener.clone(), c.info.clone()))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|s| s.current.load().iter().map(|c| (s.listener.clone(), c.info.clone())).collect::<Vec<_>>())
             .collect()
     }
 }
@@ -116,10 +107,7 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let certs = self.0.current.load();
         if let Some(sni) = hello.server_name() {
-            if let Some(c) = certs
-                .iter()
-                .find(|c| c.info.names.iter().any(|n| name_matches(n, sni)))
-            {
+            if let Some(c) = certs.iter().find(|c| c.info.names.iter().any(|n| name_matches(n, sni))) {
                 return Some(c.key.clone());
             }
         }
@@ -148,24 +136,14 @@ pub fn load_one(p: &CertPaths) -> Result<LoadedCert, String> {
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("certificate {}: {e}", p.cert.display()))?;
     if chain.is_empty() {
-        return Err(format!(
-            "certificate {}: no PEM certificate in the file",
-            p.cert.display()
-        ));
+        return Err(format!("certificate {}: no PEM certificate in the file", p.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&p.key).map_err(|e| {
-        format!(
-            "key {}: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)",
-            p.key.display()
-        )
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&p.key)
+        .map_err(|e| format!("key {}: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)", p.key.display()))?;
     let info = cert_info(&p.cert, &chain[0])?;
     let certified = CertifiedKey::from_der(chain, key, &crypto_provider())
         .map_err(|e| format!("{} / {}: {e}", p.cert.display(), p.key.display()))?;
-    Ok(LoadedCert {
-        key: Arc::new(certified),
-        info,
-    })
+    Ok(LoadedCert { key: Arc::new(certified), info })
 }
 
 fn cert_info(file: &Path, der: &CertificateDer) -> Result<CertInfo, String> {
@@ -195,10 +173,7 @@ fn cert_info(file: &Path, der: &CertificateDer) -> Result<CertInfo, String> {
         }
     }
     let not_after_unix = cert.validity().not_after.timestamp();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     Ok(CertInfo {
         file: file.display().to_string(),
         names,

@@ -46,11 +46,7 @@ impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpstreamError::Connect(e) => write!(f, "upstream connect failed: {e}"),
-            UpstreamError::Timeout(d) => write!(
-                f,
-                "upstream sent no response head within {}ms",
-                d.as_millis()
-            ),
+            UpstreamError::Timeout(d) => write!(f, "upstream sent no response head within {}ms", d.as_millis()),
             UpstreamError::RequestBody(e) => write!(f, "request body failed: {e}"),
             UpstreamError::Protocol(e) => write!(f, "upstream error: {e}"),
         }
@@ -71,11 +67,8 @@ impl Upstream {
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let builder = match &config.server_name {
             Some(name) => {
-                let name = ServerName::try_from(name.clone())
-                    .map_err(|e| format!("upstream.tls.server_name: {e}"))?;
-                builder
-                    .https_or_http()
-                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                let name = ServerName::try_from(name.clone()).map_err(|e| format!("upstream.tls.server_name: {e}"))?;
+                builder.https_or_http().with_server_name_resolver(FixedServerNameResolver::new(name))
             }
             None => builder.https_or_http(),
         };
@@ -86,10 +79,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Ok(Upstream {
-            client,
-            config: config.clone(),
-        })
+        Ok(Upstream { client, config: config.clone() })
     }
 
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
@@ -141,15 +131,10 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
                 .and_then(|it| it.collect::<Result<_, _>>())
                 .map_err(|e| format!("upstream.tls.ca: cannot read {}: {e}", path.display()))?;
             if certs.is_empty() {
-                return Err(format!(
-                    "upstream.tls.ca: {} holds no certificate",
-                    path.display()
-                ));
+                return Err(format!("upstream.tls.ca: {} holds no certificate", path.display()));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("upstream.tls.ca: {}: {e}", path.display()))?;
+                roots.add(c).map_err(|e| format!("upstream.tls.ca: {}: {e}", path.display()))?;
             }
         }
         None if config.https => {
@@ -158,7 +143,9 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err("upstream is https:// but no system root certificates were found; set upstream.tls.ca".into());
+                return Err(
+                    "upstream is https:// but no system root certificates were found; set upstream.tls.ca".into()
+                );
             }
         }
         None => {}

@@ -29,29 +29,21 @@ impl StoredHash {
     fn parse(text: &str) -> Result<StoredHash, String> {
         let how = "make a bcrypt line with `cartguard hash-password USER` (or `htpasswd -nB USER`)";
         if text.starts_with("$2y$") || text.starts_with("$2b$") || text.starts_with("$2a$") {
-            text.parse::<bcrypt::HashParts>()
-                .map_err(|e| format!("invalid bcrypt hash ({e}); {how}"))?;
+            text.parse::<bcrypt::HashParts>().map_err(|e| format!("invalid bcrypt hash ({e}); {how}"))?;
             Ok(StoredHash::Bcrypt(text.to_string()))
         } else if text.starts_with("$argon2id$") {
-            argon2::PasswordHash::new(text)
-                .map_err(|e| format!("invalid argon2id hash ({e}); {how}"))?;
+            argon2::PasswordHash::new(text).map_err(|e| format!("invalid argon2id hash ({e}); {how}"))?;
             Ok(StoredHash::Argon2id(text.to_string()))
         } else if text.starts_with("$apr1$") {
-            Err(format!(
-                "apr1 (MD5) hashes are not accepted: they are fast to brute-force; {how}"
-            ))
+            Err(format!("apr1 (MD5) hashes are not accepted: they are fast to brute-force; {how}"))
         } else if text.starts_with("{SHA}")
             || text.starts_with("$1$")
             || text.starts_with("$5$")
             || text.starts_with("$6$")
         {
-            Err(format!(
-                "this hash format is not accepted (only bcrypt and argon2id); {how}"
-            ))
+            Err(format!("this hash format is not accepted (only bcrypt and argon2id); {how}"))
         } else {
-            Err(format!(
-                "not a bcrypt or argon2id hash (plain-text passwords are refused); {how}"
-            ))
+            Err(format!("not a bcrypt or argon2id hash (plain-text passwords are refused); {how}"))
         }
     }
 
@@ -61,11 +53,7 @@ impl StoredHash {
             StoredHash::Argon2id(h) => {
                 use argon2::password_hash::PasswordVerifier;
                 argon2::PasswordHash::new(h)
-                    .map(|parsed| {
-                        argon2::Argon2::default()
-                            .verify_password(password.as_bytes(), &parsed)
-                            .is_ok()
-                    })
+                    .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
                     .unwrap_or(false)
             }
         }
@@ -76,10 +64,7 @@ impl StoredHash {
         let secret = random_hex(16);
         match self {
             StoredHash::Bcrypt(h) => {
-                let cost = h
-                    .parse::<bcrypt::HashParts>()
-                    .map(|p| p.get_cost())
-                    .unwrap_or(bcrypt::DEFAULT_COST);
+                let cost = h.parse::<bcrypt::HashParts>().map(|p| p.get_cost()).unwrap_or(bcrypt::DEFAULT_COST);
                 match bcrypt::hash(&secret, cost) {
                     Ok(d) => StoredHash::Bcrypt(d),
                     Err(_) => self.clone(),
@@ -92,10 +77,7 @@ impl StoredHash {
 
     fn cost_rank(&self) -> u32 {
         match self {
-            StoredHash::Bcrypt(h) => h
-                .parse::<bcrypt::HashParts>()
-                .map(|p| p.get_cost())
-                .unwrap_or(0),
+            StoredHash::Bcrypt(h) => h.parse::<bcrypt::HashParts>().map(|p| p.get_cost()).unwrap_or(0),
             StoredHash::Argon2id(_) => 100,
         }
     }
@@ -110,9 +92,7 @@ pub struct Users {
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users")
-            .field("count", &self.entries.len())
-            .finish()
+        f.debug_struct("Users").field("count", &self.entries.len()).finish()
     }
 }
 
@@ -133,11 +113,8 @@ impl Users {
                     continue;
                 }
                 let at = || format!("{}:{}", path.display(), n + 1);
-                let (user, hash) = line
-                    .split_once(':')
-                    .ok_or_else(|| format!("{}: expected user:hash", at()))?;
-                let hash =
-                    StoredHash::parse(hash).map_err(|e| format!("{}: user {user:?}: {e}", at()))?;
+                let (user, hash) = line.split_once(':').ok_or_else(|| format!("{}: expected user:hash", at()))?;
+                let hash = StoredHash::parse(hash).map_err(|e| format!("{}: user {user:?}: {e}", at()))?;
                 if entries.insert(user.to_string(), hash).is_some() {
                     return Err(format!("{}: user {user:?} is listed twice", at()));
                 }
@@ -146,25 +123,14 @@ impl Users {
         for (user, hash) in inline {
             let hash = StoredHash::parse(hash).map_err(|e| format!("users.inline.{user}: {e}"))?;
             if user.is_empty() || user.contains(':') {
-                return Err(format!(
-                    "users.inline: user name {user:?} must be non-empty and have no colon"
-                ));
+                return Err(format!("users.inline: user name {user:?} must be non-empty and have no colon"));
             }
             if entries.insert(user.clone(), hash).is_some() {
-                return Err(format!(
-                    "users.inline.{user}: user is also in the htpasswd file"
-                ));
+                return Err(format!("users.inline.{user}: user is also in the htpasswd file"));
             }
         }
-        let dummy = entries
-            .values()
-            .max_by_key(|h| h.cost_rank())
-            .map(StoredHash::dummy_like);
-        Ok(Users {
-            entries,
-            dummy,
-            cache: VerifiedCache::new(cache_ttl),
-        })
+        let dummy = entries.values().max_by_key(|h| h.cost_rank()).map(StoredHash::dummy_like);
+        Ok(Users { entries, dummy, cache: VerifiedCache::new(cache_ttl) })
     }
 
     pub fn len(&self) -> usize {
@@ -216,11 +182,7 @@ impl VerifiedCache {
         // If the system RNG fails the salt stays zero; keys are still unguessable
         // hashes of the password, just not salted per process.
         let _ = SystemRandom::new().fill(&mut salt);
-        VerifiedCache {
-            salt,
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        VerifiedCache { salt, ttl, entries: Mutex::new(HashMap::new()) }
     }
 
     fn key(&self, creds: &Credentials) -> [u8; 32] {
@@ -284,11 +246,7 @@ impl VerifyPool {
         }
     }
 
-    pub async fn verify(
-        &self,
-        users: Arc<Users>,
-        creds: Credentials,
-    ) -> Result<(Credentials, bool), VerifyError> {
+    pub async fn verify(&self, users: Arc<Users>, creds: Credentials) -> Result<(Credentials, bool), VerifyError> {
         use std::sync::atomic::Ordering;
         if users.cached(&creds) {
             return Ok((creds, true));
@@ -317,34 +275,20 @@ mod tests {
     use super::*;
 
     fn creds(u: &str, p: &str) -> Credentials {
-        Credentials {
-            user: u.into(),
-            password: p.into(),
-        }
+        Credentials { user: u.into(), password: p.into() }
     }
 
     fn users_with(entries: &[(&str, String)]) -> Users {
-        let inline: BTreeMap<String, String> = entries
-            .iter()
-            .map(|(u, h)| (u.to_string(), h.clone()))
-            .collect();
+        let inline: BTreeMap<String, String> = entries.iter().map(|(u, h)| (u.to_string(), h.clone())).collect();
         Users::load(None, &inline, Duration::from_secs(60)).unwrap()
     }
 
     #[test]
     fn bcrypt_and_argon2id_verify() {
-        use argon2::password_hash::{PasswordHasher, SaltString};
+        use argon2::password_hash::PasswordHasher;
         let bc = bcrypt::hash("right", 4).unwrap();
-        let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
-        let a2 = argon2::Argon2::default()
-            .hash_password(b"right2", &salt)
-            .unwrap()
-            .to_string();
-        let u = users_with(&[
-            ("alice", bc.clone()),
-            ("bob", a2),
-            ("carol", bc.replacen("$2b$", "$2y$", 1)),
-        ]);
+        let a2 = argon2::Argon2::default().hash_password(b"right2").unwrap().to_string();
+        let u = users_with(&[("alice", bc.clone()), ("bob", a2), ("carol", bc.replacen("$2b$", "$2y$", 1))]);
         assert!(u.verify_blocking(&creds("alice", "right")));
         assert!(!u.verify_blocking(&creds("alice", "wrong")));
         assert!(u.verify_blocking(&creds("bob", "right2")));
@@ -366,13 +310,7 @@ mod tests {
 
     #[test]
     fn weak_formats_are_refused_with_a_hint() {
-        for bad in [
-            "$apr1$abc$def",
-            "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
-            "plaintext",
-            "$6$salt$hash",
-            "$2y$04$short",
-        ] {
+        for bad in ["$apr1$abc$def", "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "plaintext", "$6$salt$hash", "$2y$04$short"] {
             let inline = BTreeMap::from([("x".to_string(), bad.to_string())]);
             let err = Users::load(None, &inline, Duration::ZERO).unwrap_err();
             assert!(err.contains("users.inline.x"), "{err}");
@@ -386,14 +324,7 @@ mod tests {
     fn htpasswd_errors_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("htpasswd");
-        std::fs::write(
-            &path,
-            format!(
-                "# comment\nalice:{}\nbob:$apr1$x$y\n",
-                bcrypt::hash("a", 4).unwrap()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&path, format!("# comment\nalice:{}\nbob:$apr1$x$y\n", bcrypt::hash("a", 4).unwrap())).unwrap();
         let err = Users::load(Some(&path), &BTreeMap::new(), Duration::ZERO).unwrap_err();
         assert!(err.contains("htpasswd:3"), "{err}");
         assert!(err.contains("bob"), "{err}");

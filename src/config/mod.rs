@@ -169,19 +169,9 @@ impl Config {
                 Some(i) if line.is_some() => message[..i].to_string(),
                 _ => message,
             };
-            ConfigError {
-                file: path.to_path_buf(),
-                key: String::new(),
-                line,
-                message,
-            }
+            ConfigError { file: path.to_path_buf(), key: String::new(), line, message }
         })?;
-        Validator {
-            text,
-            path,
-            warnings: Vec::new(),
-        }
-        .validate(raw)
+        Validator { text, path, warnings: Vec::new() }.validate(raw)
     }
 
     pub fn integration_group(&self) -> Option<usize> {
@@ -219,24 +209,13 @@ impl Validator<'_> {
             format: raw.log.format,
             path: match raw.log.path.as_str() {
                 "-" => None,
-                "" => {
-                    return Err(self.err(
-                        "log.path",
-                        "path:",
-                        "must be \"-\" (stdout) or a file path",
-                    ))
-                }
+                "" => return Err(self.err("log.path", "path:", "must be \"-\" (stdout) or a file path")),
                 p => Some(self.relative(Path::new(p))),
             },
         };
         let limits = self.limits(&raw.limits)?;
         self.warn_about(&raw, &client_ip, &groups, &rules, &users);
-        let policy = Policy {
-            mode: raw.mode,
-            client_ip,
-            groups,
-            rules,
-        };
+        let policy = Policy { mode: raw.mode, client_ip, groups, rules };
         Ok(Config {
             source: Source {
                 path: self.path.to_path_buf(),
@@ -272,14 +251,7 @@ impl Validator<'_> {
         for (i, l) in raw.listen.iter().enumerate() {
             let key = format!("listen[{i}].addr");
             let addr: SocketAddr = l.addr.parse().map_err(|_| {
-                self.err(
-                    &key,
-                    &l.addr,
-                    format!(
-                        "{:?} is not an address:port (IPv6 in brackets: \"[::]:443\")",
-                        l.addr
-                    ),
-                )
+                self.err(&key, &l.addr, format!("{:?} is not an address:port (IPv6 in brackets: \"[::]:443\")", l.addr))
             })?;
             if !seen.insert(addr) {
                 return Err(self.err(&key, &l.addr, format!("{addr} is listed twice")));
@@ -289,19 +261,12 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|t| {
                     t.0.iter()
-                        .map(|c: &RawCert| CertPaths {
-                            cert: self.relative(&c.cert),
-                            key: self.relative(&c.key),
-                        })
+                        .map(|c: &RawCert| CertPaths { cert: self.relative(&c.cert), key: self.relative(&c.key) })
                         .collect()
                 })
                 .unwrap_or_default();
             if l.tls.is_some() && certs.is_empty() {
-                return Err(self.err(
-                    format!("listen[{i}].tls"),
-                    "tls:",
-                    "an empty certificate list",
-                ));
+                return Err(self.err(format!("listen[{i}].tls"), "tls:", "an empty certificate list"));
             }
             if l.redirect_https && !certs.is_empty() {
                 return Err(self.err(
@@ -321,23 +286,14 @@ impl Validator<'_> {
     }
 
     fn upstream(&self, raw: &raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let url: Uri = raw.url.parse().map_err(|e| {
-            self.err(
-                "upstream.url",
-                &raw.url,
-                format!("{:?} is not a URL: {e}", raw.url),
-            )
-        })?;
+        let url: Uri = raw
+            .url
+            .parse()
+            .map_err(|e| self.err("upstream.url", &raw.url, format!("{:?} is not a URL: {e}", raw.url)))?;
         let https = match url.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => {
-                return Err(self.err(
-                    "upstream.url",
-                    &raw.url,
-                    "must start with http:// or https://",
-                ))
-            }
+            _ => return Err(self.err("upstream.url", &raw.url, "must start with http:// or https://")),
         };
         let Some(authority) = url.authority() else {
             return Err(self.err("upstream.url", &raw.url, "has no host"));
@@ -354,29 +310,22 @@ impl Validator<'_> {
             Some(_) => authority.to_string(),
             None => format!("{}:{default_port}", authority.host()),
         };
-        let host = match raw.host.as_str() {
-            "preserve" => HostMode::Preserve,
-            "upstream" => HostMode::Upstream,
-            literal => {
-                let valid = !literal.is_empty() && literal.parse::<http::uri::Authority>().is_ok();
-                let value = HeaderValue::from_str(literal).ok().filter(|_| valid);
-                HostMode::Literal(value.ok_or_else(|| {
-                    self.err(
-                        "upstream.host",
-                        literal,
-                        "must be preserve, upstream or a host name",
-                    )
-                })?)
-            }
-        };
+        let host =
+            match raw.host.as_str() {
+                "preserve" => HostMode::Preserve,
+                "upstream" => HostMode::Upstream,
+                literal => {
+                    let valid = !literal.is_empty() && literal.parse::<http::uri::Authority>().is_ok();
+                    let value = HeaderValue::from_str(literal).ok().filter(|_| valid);
+                    HostMode::Literal(value.ok_or_else(|| {
+                        self.err("upstream.host", literal, "must be preserve, upstream or a host name")
+                    })?)
+                }
+            };
         let (ca, server_name) = match &raw.tls {
             Some(t) => {
                 if !https {
-                    return Err(self.err(
-                        "upstream.tls",
-                        "tls:",
-                        "upstream.tls needs an https:// upstream.url",
-                    ));
+                    return Err(self.err("upstream.tls", "tls:", "upstream.tls needs an https:// upstream.url"));
                 }
                 if let Some(name) = &t.server_name {
                     if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
@@ -387,10 +336,7 @@ impl Validator<'_> {
                         ));
                     }
                 }
-                (
-                    t.ca.as_deref().map(|p| self.relative(p)),
-                    t.server_name.clone(),
-                )
+                (t.ca.as_deref().map(|p| self.relative(p)), t.server_name.clone())
             }
             None => (None, None),
         };
@@ -400,11 +346,7 @@ impl Validator<'_> {
             ("upstream.probe_interval", raw.probe_interval),
         ] {
             if d.0.is_zero() {
-                return Err(self.err(
-                    key,
-                    key.rsplit('.').next().unwrap_or(key),
-                    "must be more than zero",
-                ));
+                return Err(self.err(key, key.rsplit('.').next().unwrap_or(key), "must be more than zero"));
             }
         }
         Ok(UpstreamConfig {
@@ -425,15 +367,9 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, text)| {
                 let t = text.trim();
-                t.parse::<IpNet>()
-                    .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        self.err(
-                            format!("{key}[{i}]"),
-                            text,
-                            format!("{text:?} is not an IP address or CIDR"),
-                        )
-                    })
+                t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| {
+                    self.err(format!("{key}[{i}]"), text, format!("{text:?} is not an IP address or CIDR"))
+                })
             })
             .collect()
     }
@@ -451,16 +387,12 @@ impl Validator<'_> {
         let header = match name.as_str() {
             "x-forwarded-for" => IpHeader::XForwardedFor,
             "forwarded" => IpHeader::Forwarded,
-            other => {
-                IpHeader::Single(HeaderName::from_bytes(other.as_bytes()).map_err(|_| {
-                    self.err("client_ip.header", &raw.header, "is not a header name")
-                })?)
-            }
+            other => IpHeader::Single(
+                HeaderName::from_bytes(other.as_bytes())
+                    .map_err(|_| self.err("client_ip.header", &raw.header, "is not a header name"))?,
+            ),
         };
-        Ok(ClientIpConfig {
-            trusted_proxies: IpSet::new(nets),
-            header,
-        })
+        Ok(ClientIpConfig { trusted_proxies: IpSet::new(nets), header })
     }
 
     fn groups(&self, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<Group>, ConfigError> {
@@ -468,26 +400,15 @@ impl Validator<'_> {
         if !raw.contains_key(INTEGRATION_MANAGEMENT) {
             groups.push(Group {
                 name: INTEGRATION_MANAGEMENT.into(),
-                set: IpSet::new(
-                    INTEGRATION_MANAGEMENT_CIDRS
-                        .iter()
-                        .filter_map(|c| c.parse().ok()),
-                ),
+                set: IpSet::new(INTEGRATION_MANAGEMENT_CIDRS.iter().filter_map(|c| c.parse().ok())),
             });
         }
         for (name, list) in raw {
             if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(self.err(
-                    format!("groups.{name}"),
-                    name,
-                    "group names must be non-empty words",
-                ));
+                return Err(self.err(format!("groups.{name}"), name, "group names must be non-empty words"));
             }
             let nets = self.cidrs(&format!("groups.{name}"), list)?;
-            groups.push(Group {
-                name: name.clone(),
-                set: IpSet::new(nets),
-            });
+            groups.push(Group { name: name.clone(), set: IpSet::new(nets) });
         }
         if groups.len() > MAX_GROUPS {
             return Err(self.err("groups", "groups:", format!("at most {MAX_GROUPS} groups")));
@@ -511,15 +432,15 @@ impl Validator<'_> {
                 return Err(self.err(key("name"), "name:", "must not be empty"));
             }
             if !names.insert(r.name.clone()) {
-                return Err(self.err(
-                    key("name"),
-                    &r.name,
-                    format!("rule name {:?} is used twice", r.name),
-                ));
+                return Err(self.err(key("name"), &r.name, format!("rule name {:?} is used twice", r.name)));
             }
             let prefix_ok = crate::policy::path::normalize(&r.path_prefix).is_ok();
             if !prefix_ok {
-                return Err(self.err(key("path_prefix"), &r.path_prefix, "must be a plain path starting with / (no dot segments, escapes or control bytes)"));
+                return Err(self.err(
+                    key("path_prefix"),
+                    &r.path_prefix,
+                    "must be a plain path starting with / (no dot segments, escapes or control bytes)",
+                ));
             }
             let methods = match &r.methods {
                 None => None,
@@ -534,9 +455,8 @@ impl Validator<'_> {
                     list.iter()
                         .map(|m| {
                             let upper = m.trim().to_ascii_uppercase();
-                            Method::from_bytes(upper.as_bytes()).map_err(|_| {
-                                self.err(key("methods"), m, format!("{m:?} is not an HTTP method"))
-                            })
+                            Method::from_bytes(upper.as_bytes())
+                                .map_err(|_| self.err(key("methods"), m, format!("{m:?} is not an HTTP method")))
                         })
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
@@ -544,16 +464,9 @@ impl Validator<'_> {
             let mut query = Vec::new();
             for (name, prefix) in &r.query {
                 if name.is_empty() || prefix.is_empty() {
-                    return Err(self.err(
-                        key("query"),
-                        "query:",
-                        "parameter names and prefixes must not be empty",
-                    ));
+                    return Err(self.err(key("query"), "query:", "parameter names and prefixes must not be empty"));
                 }
-                query.push(QueryMatch {
-                    name: name.clone(),
-                    prefix: prepare_prefix(prefix),
-                });
+                query.push(QueryMatch { name: name.clone(), prefix: prepare_prefix(prefix) });
             }
             let mut allow = Vec::new();
             for (j, g) in r.allow.iter().enumerate() {
@@ -564,12 +477,7 @@ impl Validator<'_> {
                         format!("unknown group {g:?} (define it under groups:)"),
                     )
                 })?;
-                if let Some(n) = groups[index]
-                    .set
-                    .cidrs()
-                    .iter()
-                    .find(|n| n.prefix_len() == 0)
-                {
+                if let Some(n) = groups[index].set.cidrs().iter().find(|n| n.prefix_len() == 0) {
                     return Err(self.err(
                         format!("groups.{g}"),
                         &n.to_string(),
@@ -588,45 +496,34 @@ impl Validator<'_> {
                 others: r.others,
             });
         }
-        let last = rules
-            .last()
-            .filter(|r| r.prefix == b"/" && r.methods.is_none());
+        let last = rules.last().filter(|r| r.prefix == b"/" && r.methods.is_none());
         if last.is_none() {
             let name = &raw.rules[raw.rules.len() - 1].name;
-            return Err(self.err(format!("rules[{}]", rules.len() - 1), name, "the last rule must have path_prefix: / and no methods, so that every request meets a rule"));
+            return Err(self.err(
+                format!("rules[{}]", rules.len() - 1),
+                name,
+                "the last rule must have path_prefix: / and no methods, so that every request meets a rule",
+            ));
         }
         Ok(rules)
     }
 
     fn auth(&self, raw: &raw::RawAuth) -> Result<AuthSettings, ConfigError> {
-        if raw.realm.is_empty()
-            || raw
-                .realm
-                .chars()
-                .any(|c| c == '"' || c == '\\' || c.is_control())
-        {
+        if raw.realm.is_empty() || raw.realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
             return Err(self.err(
                 "auth.realm",
                 &raw.realm,
                 "must be non-empty, without quotes, backslashes or control characters",
             ));
         }
-        let challenge =
-            HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", raw.realm))
-                .map_err(|_| self.err("auth.realm", &raw.realm, "must be plain text"))?;
+        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", raw.realm))
+            .map_err(|_| self.err("auth.realm", &raw.realm, "must be plain text"))?;
         if raw.max_failures == 0 {
             return Err(self.err("auth.max_failures", "max_failures", "must be at least 1"));
         }
-        for (key, d) in [
-            ("auth.failure_window", raw.failure_window),
-            ("auth.ban", raw.ban),
-        ] {
+        for (key, d) in [("auth.failure_window", raw.failure_window), ("auth.ban", raw.ban)] {
             if d.0.is_zero() {
-                return Err(self.err(
-                    key,
-                    key.rsplit('.').next().unwrap_or(key),
-                    "must be more than zero",
-                ));
+                return Err(self.err(key, key.rsplit('.').next().unwrap_or(key), "must be more than zero"));
             }
         }
         Ok(AuthSettings {
@@ -642,25 +539,21 @@ impl Validator<'_> {
 
     fn users(&self, raw: &RawConfig) -> Result<Users, ConfigError> {
         let htpasswd = raw.users.htpasswd.as_deref().map(|p| self.relative(p));
-        Users::load(htpasswd.as_deref(), &raw.users.inline, raw.auth.cache_ttl.0).map_err(
-            |message| {
-                let needle = raw
-                    .users
-                    .htpasswd
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "users:".into());
-                self.err("users", &needle, message)
-            },
-        )
+        Users::load(htpasswd.as_deref(), &raw.users.inline, raw.auth.cache_ttl.0).map_err(|message| {
+            let needle =
+                raw.users.htpasswd.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "users:".into());
+            let message = message.strip_prefix("users.htpasswd: ").map(str::to_string).unwrap_or(message);
+            self.err(if raw.users.htpasswd.is_some() { "users.htpasswd" } else { "users" }, &needle, message)
+        })
     }
 
     fn status(&self, raw: &RawConfig, groups: &[Group]) -> Result<StatusSettings, ConfigError> {
         let listen = match &raw.status.listen {
             None => None,
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
-                self.err("status.listen", a, format!("{a:?} is not an address:port"))
-            })?),
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| self.err("status.listen", a, format!("{a:?} is not an address:port")))?,
+            ),
         };
         let mut expect = Vec::new();
         for (i, e) in raw.status.expect.iter().enumerate() {
@@ -672,28 +565,13 @@ impl Validator<'_> {
                 ));
             }
             if e.within.0.is_zero() {
-                return Err(self.err(
-                    format!("status.expect[{i}].within"),
-                    "within",
-                    "must be more than zero",
-                ));
+                return Err(self.err(format!("status.expect[{i}].within"), "within", "must be more than zero"));
             }
-            expect.push(Expect {
-                group: e.group.clone(),
-                within: e.within.0,
-            });
+            expect.push(Expect { group: e.group.clone(), within: e.within.0 });
         }
         if let Some(addr) = listen {
-            if raw
-                .listen
-                .iter()
-                .any(|l| l.addr.parse::<SocketAddr>().ok() == Some(addr))
-            {
-                return Err(self.err(
-                    "status.listen",
-                    &addr.to_string(),
-                    "must not be one of the public listeners",
-                ));
+            if raw.listen.iter().any(|l| l.addr.parse::<SocketAddr>().ok() == Some(addr)) {
+                return Err(self.err("status.listen", &addr.to_string(), "must not be one of the public listeners"));
             }
         }
         Ok(StatusSettings { listen, expect })
@@ -701,18 +579,10 @@ impl Validator<'_> {
 
     fn limits(&self, raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
         if raw.max_header_bytes < 1024 {
-            return Err(self.err(
-                "limits.max_header_bytes",
-                "max_header_bytes",
-                "must be at least 1024",
-            ));
+            return Err(self.err("limits.max_header_bytes", "max_header_bytes", "must be at least 1024"));
         }
         if raw.max_connections == 0 {
-            return Err(self.err(
-                "limits.max_connections",
-                "max_connections",
-                "must be at least 1",
-            ));
+            return Err(self.err("limits.max_connections", "max_connections", "must be at least 1"));
         }
         for (key, d) in [
             ("limits.header_timeout", raw.header_timeout),
@@ -720,11 +590,7 @@ impl Validator<'_> {
             ("limits.tls_handshake_timeout", raw.tls_handshake_timeout),
         ] {
             if d.0.is_zero() {
-                return Err(self.err(
-                    key,
-                    key.rsplit('.').next().unwrap_or(key),
-                    "must be more than zero",
-                ));
+                return Err(self.err(key, key.rsplit('.').next().unwrap_or(key), "must be more than zero"));
             }
         }
         Ok(Limits {
@@ -747,18 +613,12 @@ impl Validator<'_> {
         users: &Users,
     ) {
         if raw.mode == Mode::Report {
-            self.warnings
-                .push("mode: report: nothing is enforced, every request is forwarded".into());
+            self.warnings.push("mode: report: nothing is enforced, every request is forwarded".into());
         }
         let used: HashSet<usize> = rules.iter().flat_map(|r| r.allow.iter().copied()).collect();
         for proxy in client_ip.trusted_proxies.cidrs() {
             for &g in &used {
-                if groups[g]
-                    .set
-                    .cidrs()
-                    .iter()
-                    .any(|n| n.contains(&proxy.network()) || proxy.contains(&n.network()))
-                {
+                if groups[g].set.cidrs().iter().any(|n| n.contains(&proxy.network()) || proxy.contains(&n.network())) {
                     self.warnings.push(format!(
                         "trusted proxy {proxy} overlaps allow group {:?}: requests without a forwarding header from it are admitted as that group",
                         groups[g].name
@@ -771,10 +631,8 @@ impl Validator<'_> {
         }
         if let Some(last) = rules.last() {
             if last.others == Others::Open {
-                self.warnings.push(format!(
-                    "the last rule {:?} is open: every path not matched earlier is public",
-                    last.name
-                ));
+                self.warnings
+                    .push(format!("the last rule {:?} is open: every path not matched earlier is public", last.name));
             }
         }
         for (i, r) in rules.iter().enumerate() {
@@ -783,7 +641,10 @@ impl Validator<'_> {
                     && e.query.is_empty()
                     && crate::policy::path::segment_prefix_matches(&e.prefix, &r.prefix)
             }) {
-                self.warnings.push(format!("rule {:?} can only match through its query: rule {:?} comes first and covers its path", r.name, earlier.name));
+                self.warnings.push(format!(
+                    "rule {:?} can only match through its query: rule {:?} comes first and covers its path",
+                    r.name, earlier.name
+                ));
             }
         }
     }
@@ -802,11 +663,7 @@ fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -107,10 +107,7 @@ pub struct RawClientIp {
 
 impl Default for RawClientIp {
     fn default() -> Self {
-        RawClientIp {
-            trusted_proxies: Vec::new(),
-            header: default_ip_header(),
-        }
+        RawClientIp { trusted_proxies: Vec::new(), header: default_ip_header() }
     }
 }
 
@@ -200,10 +197,7 @@ pub struct RawStatus {
 
 impl Default for RawStatus {
     fn default() -> Self {
-        RawStatus {
-            listen: default_status_listen(),
-            expect: Vec::new(),
-        }
+        RawStatus { listen: default_status_listen(), expect: Vec::new() }
     }
 }
 
@@ -229,10 +223,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog {
-            format: LogFormat::Json,
-            path: default_log_path(),
-        }
+        RawLog { format: LogFormat::Json, path: default_log_path() }
     }
 }
 
@@ -313,9 +304,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// Parses "500ms", "10s", "5m", "6h", "1d" (one number, one unit; no sign, no fractions).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid duration {text:?}: expected a number and a unit, like 500ms, 10s, 5m, 6h")
-    };
+    let bad = || format!("invalid duration {text:?}: expected a number and a unit, like 500ms, 10s, 5m, 6h");
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = t.split_at(split);
@@ -328,9 +317,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)
+    n.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(bad)
 }
 
 /// `tls:` may be one `{cert, key}` or a list of them (SNI); keeps the inner error messages.
@@ -346,8 +333,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
                 f.write_str("a {cert, key} map or a list of them")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|t| OneOrMany(vec![t]))
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|t| OneOrMany(vec![t]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
                 Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany)
@@ -372,17 +358,7 @@ mod tests {
 
     #[test]
     fn bad_durations_are_errors() {
-        for bad in [
-            "",
-            "10",
-            "s",
-            "-5s",
-            "1.5s",
-            "10 sec",
-            "5x",
-            "99999999999999999999h",
-            "10S",
-        ] {
+        for bad in ["", "10", "s", "-5s", "1.5s", "10 sec", "5x", "99999999999999999999h", "10S"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
         }
     }

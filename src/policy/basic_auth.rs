@@ -16,10 +16,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &"<redacted>").finish()
     }
 }
 
@@ -68,35 +65,21 @@ pub fn parse_value(value: &[u8]) -> Result<Credentials, CredentialsError> {
         return Err(CredentialsError::TooLong);
     }
     let value = trim(value);
-    let split = value
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(CredentialsError::NotBasic)?;
+    let split = value.iter().position(|&b| b == b' ').ok_or(CredentialsError::NotBasic)?;
     let (scheme, token) = value.split_at(split);
     if !scheme.eq_ignore_ascii_case(b"basic") {
         return Err(CredentialsError::NotBasic);
     }
     let token = trim(token);
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .map_err(|_| CredentialsError::BadBase64)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| CredentialsError::BadBase64)?;
     let text = String::from_utf8(decoded).map_err(|_| CredentialsError::NotUtf8)?;
     let (user, password) = text.split_once(':').ok_or(CredentialsError::NoColon)?;
-    Ok(Credentials {
-        user: user.to_string(),
-        password: password.to_string(),
-    })
+    Ok(Credentials { user: user.to_string(), password: password.to_string() })
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
-        .map_or(start, |e| e + 1);
+    let start = b.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b' ' && c != b'\t').map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -122,38 +105,18 @@ mod tests {
     #[test]
     fn malformed_forms() {
         let cases: Vec<(Vec<u8>, CredentialsError)> = vec![
-            (
-                format!("Bearer {}", b64(b"a:b")).into_bytes(),
-                CredentialsError::NotBasic,
-            ),
+            (format!("Bearer {}", b64(b"a:b")).into_bytes(), CredentialsError::NotBasic),
             (b"Basic".to_vec(), CredentialsError::NotBasic),
             (b"Basicxyz".to_vec(), CredentialsError::NotBasic),
             (b"Basic !!!notbase64".to_vec(), CredentialsError::BadBase64),
-            (
-                b"Basic YWxpY2U6cGFzcw".to_vec(),
-                CredentialsError::BadBase64,
-            ),
-            (
-                format!("Basic {}", b64(b"nocolon")).into_bytes(),
-                CredentialsError::NoColon,
-            ),
-            (
-                format!("Basic {}", b64(b"a\xff:b")).into_bytes(),
-                CredentialsError::NotUtf8,
-            ),
-            (
-                format!("Basic {}", "A".repeat(5000)).into_bytes(),
-                CredentialsError::TooLong,
-            ),
+            (b"Basic YWxpY2U6cGFzcw".to_vec(), CredentialsError::BadBase64),
+            (format!("Basic {}", b64(b"nocolon")).into_bytes(), CredentialsError::NoColon),
+            (format!("Basic {}", b64(b"a\xff:b")).into_bytes(), CredentialsError::NotUtf8),
+            (format!("Basic {}", "A".repeat(5000)).into_bytes(), CredentialsError::TooLong),
             (b"Basic ".to_vec(), CredentialsError::NotBasic),
         ];
         for (value, want) in cases {
-            assert_eq!(
-                parse_value(&value),
-                Err(want),
-                "{:?}",
-                String::from_utf8_lossy(&value)
-            );
+            assert_eq!(parse_value(&value), Err(want), "{:?}", String::from_utf8_lossy(&value));
         }
     }
 
@@ -175,10 +138,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_password() {
-        let c = Credentials {
-            user: "u".into(),
-            password: "hunter2".into(),
-        };
+        let c = Credentials { user: "u".into(), password: "hunter2".into() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -59,13 +59,7 @@ pub enum Resolution {
 
 pub fn resolve(cfg: &ClientIpConfig, peer: IpAddr, headers: &HeaderMap) -> ClientAddr {
     let peer = peer.to_canonical();
-    let base = |peer_trusted, how| ClientAddr {
-        ip: peer,
-        peer,
-        peer_trusted,
-        how,
-        chain: Vec::new(),
-    };
+    let base = |peer_trusted, how| ClientAddr { ip: peer, peer, peer_trusted, how, chain: Vec::new() };
     if !cfg.trusted_proxies.contains(peer) {
         return base(false, Resolution::Peer);
     }
@@ -75,10 +69,7 @@ pub fn resolve(cfg: &ClientIpConfig, peer: IpAddr, headers: &HeaderMap) -> Clien
         Err(why) => return base(true, Resolution::Malformed(why)),
     };
     // Right to left: the first hop that is not a trusted proxy is the client.
-    let client_index = hops
-        .iter()
-        .rposition(|ip| !cfg.trusted_proxies.contains(*ip))
-        .unwrap_or(0);
+    let client_index = hops.iter().rposition(|ip| !cfg.trusted_proxies.contains(*ip)).unwrap_or(0);
     ClientAddr {
         ip: hops[client_index],
         peer,
@@ -115,10 +106,7 @@ fn read_hops(header: &IpHeader, headers: &HeaderMap) -> Result<Option<Vec<IpAddr
     Ok(Some(hops))
 }
 
-fn parse_list(
-    lines: &[&str],
-    parse: fn(&str) -> Option<IpAddr>,
-) -> Result<Vec<IpAddr>, &'static str> {
+fn parse_list(lines: &[&str], parse: fn(&str) -> Option<IpAddr>) -> Result<Vec<IpAddr>, &'static str> {
     let mut hops = Vec::new();
     for line in lines {
         for item in line.split(',') {
@@ -142,10 +130,7 @@ pub fn parse_addr(text: &str) -> Option<IpAddr> {
     }
     if let Some(rest) = t.strip_prefix('[') {
         if let Some(inner) = rest.strip_suffix(']') {
-            return inner
-                .parse::<std::net::Ipv6Addr>()
-                .ok()
-                .map(|a| IpAddr::V6(a).to_canonical());
+            return inner.parse::<std::net::Ipv6Addr>().ok().map(|a| IpAddr::V6(a).to_canonical());
         }
     }
     t.parse::<SocketAddr>().ok().map(|s| s.ip().to_canonical())
@@ -180,18 +165,12 @@ mod tests {
     use http::HeaderValue;
 
     fn cfg(trusted: &[&str], header: IpHeader) -> ClientIpConfig {
-        ClientIpConfig {
-            trusted_proxies: IpSet::new(trusted.iter().map(|c| c.parse().unwrap())),
-            header,
-        }
+        ClientIpConfig { trusted_proxies: IpSet::new(trusted.iter().map(|c| c.parse().unwrap())), header }
     }
     fn headers(name: &str, values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
-            h.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -199,11 +178,7 @@ mod tests {
         s.parse().unwrap()
     }
     fn xff(trusted: &[&str], peer: &str, values: &[&str]) -> ClientAddr {
-        resolve(
-            &cfg(trusted, IpHeader::XForwardedFor),
-            ip(peer),
-            &headers("x-forwarded-for", values),
-        )
+        resolve(&cfg(trusted, IpHeader::XForwardedFor), ip(peer), &headers("x-forwarded-for", values))
     }
 
     #[test]
@@ -222,11 +197,7 @@ mod tests {
 
     #[test]
     fn walks_from_the_right_skipping_trusted_hops() {
-        let c = xff(
-            &["10.0.0.0/8"],
-            "10.0.0.1",
-            &["6.6.6.6, 50.18.194.14", "10.0.0.7"],
-        );
+        let c = xff(&["10.0.0.0/8"], "10.0.0.1", &["6.6.6.6, 50.18.194.14", "10.0.0.7"]);
         assert_eq!(c.ip, ip("50.18.194.14"));
         assert_eq!(c.chain, vec![ip("50.18.194.14"), ip("10.0.0.7")]);
         // A spoofed left entry does not win over the real client on the right.
@@ -270,19 +241,11 @@ mod tests {
     #[test]
     fn forwarded_header() {
         let c = cfg(&["127.0.0.1/32"], IpHeader::Forwarded);
-        let h = headers(
-            "forwarded",
-            &[
-                "for=192.0.2.60;proto=http;by=203.0.113.43",
-                "For=\"[2001:db8:cafe::17]:4711\"",
-            ],
-        );
+        let h =
+            headers("forwarded", &["for=192.0.2.60;proto=http;by=203.0.113.43", "For=\"[2001:db8:cafe::17]:4711\""]);
         let r = resolve(&c, ip("127.0.0.1"), &h);
         assert_eq!(r.ip, ip("2001:db8:cafe::17"));
-        let h = headers(
-            "forwarded",
-            &["for=50.18.194.14, for=\"198.51.100.17:8080\""],
-        );
+        let h = headers("forwarded", &["for=50.18.194.14, for=\"198.51.100.17:8080\""]);
         assert_eq!(resolve(&c, ip("127.0.0.1"), &h).ip, ip("198.51.100.17"));
         for bad in [
             "for=unknown",
@@ -299,27 +262,12 @@ mod tests {
 
     #[test]
     fn single_address_header() {
-        let c = cfg(
-            &["127.0.0.1/32"],
-            IpHeader::Single(HeaderName::from_static("x-real-ip")),
-        );
-        let r = resolve(
-            &c,
-            ip("127.0.0.1"),
-            &headers("x-real-ip", &["54.241.171.180"]),
-        );
+        let c = cfg(&["127.0.0.1/32"], IpHeader::Single(HeaderName::from_static("x-real-ip")));
+        let r = resolve(&c, ip("127.0.0.1"), &headers("x-real-ip", &["54.241.171.180"]));
         assert_eq!(r.ip, ip("54.241.171.180"));
-        let r = resolve(
-            &c,
-            ip("127.0.0.1"),
-            &headers("x-real-ip", &["54.241.171.180", "1.2.3.4"]),
-        );
+        let r = resolve(&c, ip("127.0.0.1"), &headers("x-real-ip", &["54.241.171.180", "1.2.3.4"]));
         assert_eq!(r.ip, ip("127.0.0.1"));
-        let r = resolve(
-            &c,
-            ip("127.0.0.1"),
-            &headers("x-real-ip", &["54.241.171.180, 1.2.3.4"]),
-        );
+        let r = resolve(&c, ip("127.0.0.1"), &headers("x-real-ip", &["54.241.171.180, 1.2.3.4"]));
         assert_eq!(r.ip, ip("127.0.0.1"));
     }
 }

@@ -30,11 +30,7 @@ impl IpSet {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
-        IpSet {
-            v4: merge(v4),
-            v6: merge(v6),
-            cidrs,
-        }
+        IpSet { v4: merge(v4), v6: merge(v6), cidrs }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -119,13 +115,7 @@ mod tests {
         let s = set(&INTEGRATION_MANAGEMENT_CIDRS);
         assert!(s.contains(ip("50.18.194.14")));
         assert!(s.contains(ip("54.241.171.180")));
-        for miss in [
-            "50.18.194.13",
-            "50.18.194.15",
-            "54.241.171.181",
-            "54.241.171.179",
-            "0.0.0.0",
-        ] {
+        for miss in ["50.18.194.13", "50.18.194.15", "54.241.171.181", "54.241.171.179", "0.0.0.0"] {
             assert!(!s.contains(ip(miss)), "{miss}");
         }
     }
@@ -141,12 +131,7 @@ mod tests {
 
     #[test]
     fn overlapping_and_adjacent_ranges_merge() {
-        let s = set(&[
-            "10.0.0.0/24",
-            "10.0.1.0/24",
-            "10.0.0.128/25",
-            "2001:db8::/32",
-        ]);
+        let s = set(&["10.0.0.0/24", "10.0.1.0/24", "10.0.0.128/25", "2001:db8::/32"]);
         assert_eq!(s.v4, vec![(0x0a000000, 0x0a0001ff)]);
         assert!(s.contains(ip("10.0.1.255")));
         assert!(!s.contains(ip("10.0.2.0")));
@@ -156,9 +141,8 @@ mod tests {
 
     #[test]
     fn ten_thousand_cidrs_agree_with_a_linear_scan() {
-        let nets: Vec<IpNet> = (0..10_000u32)
-            .map(|i| IpNet::V4(Ipv4Net::new((0x0b000000 + i * 512).into(), 24).unwrap()))
-            .collect();
+        let nets: Vec<IpNet> =
+            (0..10_000u32).map(|i| IpNet::V4(Ipv4Net::new((0x0b000000 + i * 512).into(), 24).unwrap())).collect();
         let s = IpSet::new(nets.clone());
         for probe in (0x0b000000u32..0x0b000000 + 10_000 * 512).step_by(97) {
             let a = IpAddr::V4(probe.into());

@@ -87,43 +87,30 @@ pub fn decide(policy: &Policy, facts: &RequestFacts) -> Decision {
         .enumerate()
         .filter(|(_, g)| g.set.contains(client.ip))
         .fold(0u64, |mask, (i, _)| mask | 1 << i);
-    let mut decision = Decision {
-        client,
-        path: None,
-        rule: None,
-        matched_by: None,
-        group: None,
-        member_of,
-        outcome: Outcome::Deny,
-    };
+    let mut decision =
+        Decision { client, path: None, rule: None, matched_by: None, group: None, member_of, outcome: Outcome::Deny };
     let path = match path::normalize(facts.path).and_then(|p| {
         facts.query.map_or(Ok(()), path::check_query)?;
         Ok(p)
     }) {
         Ok(p) => p,
         Err(e) => {
-            decision.outcome = Outcome::BadRequest {
-                status: StatusCode::BAD_REQUEST,
-                reason: e.to_string(),
-            };
+            decision.outcome = Outcome::BadRequest { status: StatusCode::BAD_REQUEST, reason: e.to_string() };
             return decision;
         }
     };
-    let found = policy.rules.iter().enumerate().find_map(|(i, r)| {
-        r.matches(facts.method, &path.decoded, facts.query)
-            .map(|m| (i, r, m))
-    });
+    let found = policy
+        .rules
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.matches(facts.method, &path.decoded, facts.query).map(|m| (i, r, m)));
     decision.path = Some(path);
     let Some((index, rule, matched_by)) = found else {
         return decision;
     };
     decision.rule = Some(index);
     decision.matched_by = Some(matched_by);
-    decision.group = rule
-        .allow
-        .iter()
-        .copied()
-        .find(|&g| member_of & (1 << g) != 0);
+    decision.group = rule.allow.iter().copied().find(|&g| member_of & (1 << g) != 0);
     decision.outcome = if decision.group.is_some() {
         Outcome::Allow
     } else {
@@ -173,40 +160,20 @@ rules:
 "#;
 
     fn policy() -> Policy {
-        Config::from_yaml(YAML, "test.yaml".as_ref())
-            .unwrap()
-            .policy
+        Config::from_yaml(YAML, "test.yaml".as_ref()).unwrap().policy
     }
 
-    fn run(
-        policy: &Policy,
-        peer: &str,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-    ) -> Decision {
+    fn run(policy: &Policy, peer: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Decision {
         let mut h = HeaderMap::new();
         for (n, v) in headers {
-            h.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
         let method: Method = method.parse().unwrap();
-        decide(
-            policy,
-            &RequestFacts {
-                peer: peer.parse().unwrap(),
-                method: &method,
-                path,
-                query,
-                headers: &h,
-            },
-        )
+        decide(policy, &RequestFacts { peer: peer.parse().unwrap(), method: &method, path, query, headers: &h })
     }
 
     fn rule_name(p: &Policy, d: &Decision) -> String {
@@ -221,10 +188,7 @@ rules:
             "127.0.0.1",
             "GET",
             "/wp-json/wc/v3/orders",
-            &[
-                ("x-forwarded-for", "50.18.194.14"),
-                ("authorization", "Basic Y2tfMTpjc18y"),
-            ],
+            &[("x-forwarded-for", "50.18.194.14"), ("authorization", "Basic Y2tfMTpjc18y")],
         );
         assert!(matches!(d.outcome, Outcome::Allow), "{d:?}");
         assert_eq!(rule_name(&p, &d), "cart-api");
@@ -234,32 +198,14 @@ rules:
     #[test]
     fn spoofed_header_from_untrusted_peer_gets_a_challenge() {
         let p = policy();
-        let d = run(
-            &p,
-            "192.0.2.5",
-            "GET",
-            "/wp-json/wc/v3/orders",
-            &[("x-forwarded-for", "50.18.194.14")],
-        );
-        assert!(
-            matches!(
-                d.outcome,
-                Outcome::Authenticate(Err(CredentialsError::Missing))
-            ),
-            "{d:?}"
-        );
+        let d = run(&p, "192.0.2.5", "GET", "/wp-json/wc/v3/orders", &[("x-forwarded-for", "50.18.194.14")]);
+        assert!(matches!(d.outcome, Outcome::Authenticate(Err(CredentialsError::Missing))), "{d:?}");
     }
 
     #[test]
     fn rest_route_query_hits_the_api_rule() {
         let p = policy();
-        let d = run(
-            &p,
-            "198.51.100.1",
-            "GET",
-            "/index.php?rest_route=/wc/v3/orders",
-            &[],
-        );
+        let d = run(&p, "198.51.100.1", "GET", "/index.php?rest_route=/wc/v3/orders", &[]);
         assert_eq!(rule_name(&p, &d), "cart-api");
         assert!(matches!(d.matched_by, Some(MatchedBy::Query(..))));
     }
@@ -295,9 +241,6 @@ rules:
         let d = run(&p, "203.0.113.9", "GET", "/wp-json/wc/v3/orders", &[]);
         let office = p.group_index("office").unwrap();
         assert_ne!(d.member_of & (1 << office), 0);
-        assert!(
-            matches!(d.outcome, Outcome::Authenticate(_)),
-            "office is not allowed on the API rule"
-        );
+        assert!(matches!(d.outcome, Outcome::Authenticate(_)), "office is not allowed on the API rule");
     }
 }

@@ -48,10 +48,7 @@ impl Rule {
         for (name, value) in query_pairs(query) {
             for q in &self.query {
                 if q.name == name && value_matches(&q.prefix, &value) {
-                    return Some(MatchedBy::Query(
-                        name,
-                        String::from_utf8_lossy(&value).into_owned(),
-                    ));
+                    return Some(MatchedBy::Query(name, String::from_utf8_lossy(&value).into_owned()));
                 }
             }
         }
@@ -85,22 +82,17 @@ pub fn prepare_prefix(text: &str) -> Vec<u8> {
 /// `name[...]` counts as `name`. Every occurrence is returned, because PHP keeps
 /// the last one and the guard must not check only the first.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = form_decode(raw_name)?;
-            let value = form_decode(raw_value)?;
-            let mut name = String::from_utf8_lossy(&name)
-                .trim_start_matches(' ')
-                .to_string();
-            if let Some(bracket) = name.find('[') {
-                name.truncate(bracket);
-            }
-            let name = name.replace([' ', '.'], "_");
-            Some((name, value))
-        })
+    query.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = form_decode(raw_name)?;
+        let value = form_decode(raw_value)?;
+        let mut name = String::from_utf8_lossy(&name).trim_start_matches(' ').to_string();
+        if let Some(bracket) = name.find('[') {
+            name.truncate(bracket);
+        }
+        let name = name.replace([' ', '.'], "_");
+        Some((name, value))
+    })
 }
 
 fn form_decode(raw: &str) -> Option<Vec<u8>> {
@@ -118,13 +110,7 @@ mod tests {
             path_prefix: prefix.into(),
             prefix: prepare_prefix(prefix),
             methods: methods.map(|m| m.iter().map(|s| s.parse().unwrap()).collect()),
-            query: query
-                .iter()
-                .map(|(n, p)| QueryMatch {
-                    name: n.to_string(),
-                    prefix: prepare_prefix(p),
-                })
-                .collect(),
+            query: query.iter().map(|(n, p)| QueryMatch { name: n.to_string(), prefix: prepare_prefix(p) }).collect(),
             allow: vec![],
             others: Others::Deny,
         }
@@ -133,19 +119,10 @@ mod tests {
     #[test]
     fn path_prefix_by_segment() {
         let r = rule("/wp-json/wc/", &[], None);
-        assert_eq!(
-            r.matches(&Method::GET, b"/wp-json/wc/v3/orders", None),
-            Some(MatchedBy::Path)
-        );
-        assert_eq!(
-            r.matches(&Method::GET, b"/wp-json/wc", None),
-            Some(MatchedBy::Path)
-        );
+        assert_eq!(r.matches(&Method::GET, b"/wp-json/wc/v3/orders", None), Some(MatchedBy::Path));
+        assert_eq!(r.matches(&Method::GET, b"/wp-json/wc", None), Some(MatchedBy::Path));
         assert_eq!(r.matches(&Method::GET, b"/wp-json/wcx", None), None);
-        assert_eq!(
-            r.matches(&Method::GET, b"/wp-json/WC/v3", None),
-            Some(MatchedBy::Path)
-        );
+        assert_eq!(r.matches(&Method::GET, b"/wp-json/WC/v3", None), Some(MatchedBy::Path));
     }
 
     #[test]
@@ -181,10 +158,7 @@ mod tests {
     fn methods_must_match_too() {
         let r = rule("/wp-json/wc/", &[("rest_route", "/wc/")], Some(&["POST"]));
         assert_eq!(r.matches(&Method::GET, b"/wp-json/wc/v3", None), None);
-        assert_eq!(
-            r.matches(&Method::GET, b"/", Some("rest_route=/wc/v3")),
-            None
-        );
+        assert_eq!(r.matches(&Method::GET, b"/", Some("rest_route=/wc/v3")), None);
         assert!(r.matches(&Method::POST, b"/wp-json/wc/v3", None).is_some());
     }
 }

@@ -23,15 +23,22 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Headers a client could use to lie about itself to the cart.
-const FORWARDING: [&str; 8] = [
+/// Headers a client could use to lie about itself to the cart (carts and
+/// plugins read several of these to find the client address or HTTPS).
+const FORWARDING: [&str; 14] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-server",
+    "x-forwarded-ssl",
+    "front-end-https",
     "forwarded",
     "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
     "x-request-id",
 ];
 
@@ -61,25 +68,23 @@ pub struct Forwarding<'a> {
 /// Sets X-Forwarded-For to the believed chain plus the peer (for a trusted
 /// peer), or to the client alone; X-Real-IP to the client; proto, host and id.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
+    // Behind a TLS-terminating load balancer (a trusted proxy) the scheme it saw is the truth.
+    let proto = match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") if f.client.peer_trusted => "https",
+        Some(b"http") if f.client.peer_trusted => "http",
+        _ => f.proto,
+    };
     for name in FORWARDING {
         headers.remove(name);
     }
-    let mut chain: Vec<IpAddr> = if f.client.chain.is_empty() {
-        vec![f.client.ip]
-    } else {
-        f.client.chain.clone()
-    };
+    let mut chain: Vec<IpAddr> = if f.client.chain.is_empty() { vec![f.client.ip] } else { f.client.chain.clone() };
     if f.client.peer_trusted && f.client.ip != f.client.peer {
         chain.push(f.client.peer);
     }
-    let xff = chain
-        .iter()
-        .map(|ip| ip.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let xff = chain.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ");
     insert(headers, "x-forwarded-for", &xff);
     insert(headers, "x-real-ip", &f.client.ip.to_string());
-    insert(headers, "x-forwarded-proto", f.proto);
+    insert(headers, "x-forwarded-proto", proto);
     if let Some(host) = f.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
@@ -94,10 +99,7 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// Sum of header name and value lengths, as a size check independent of framing.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
 #[cfg(test)]
@@ -108,10 +110,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
     }
@@ -135,15 +134,7 @@ mod tests {
             how: Resolution::Peer,
             chain: vec![],
         };
-        set_forwarding(
-            &mut h,
-            &Forwarding {
-                client: &client,
-                proto: "https",
-                host: None,
-                request_id: "abc",
-            },
-        );
+        set_forwarding(&mut h, &Forwarding { client: &client, proto: "https", host: None, request_id: "abc" });
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         for gone in ["x-secret", "keep-alive", "te", "upgrade", "connection"] {
@@ -162,16 +153,28 @@ mod tests {
             how: Resolution::Header,
             chain: vec!["50.18.194.14".parse().unwrap()],
         };
-        set_forwarding(
-            &mut h,
-            &Forwarding {
-                client: &client,
-                proto: "http",
-                host: None,
-                request_id: "abc",
-            },
-        );
+        set_forwarding(&mut h, &Forwarding { client: &client, proto: "http", host: None, request_id: "abc" });
         assert_eq!(h.get("x-forwarded-for").unwrap(), "50.18.194.14, 127.0.0.1");
         assert_eq!(h.get("x-real-ip").unwrap(), "50.18.194.14");
+    }
+
+    #[test]
+    fn proto_from_a_trusted_proxy_is_kept_and_from_others_replaced() {
+        let mut client = ClientAddr {
+            ip: "192.0.2.1".parse().unwrap(),
+            peer: "10.0.0.1".parse().unwrap(),
+            peer_trusted: true,
+            how: Resolution::Header,
+            chain: vec![],
+        };
+        let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-ssl", "on"), ("client-ip", "50.18.194.14")]);
+        set_forwarding(&mut h, &Forwarding { client: &client, proto: "http", host: None, request_id: "a" });
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert!(h.get("x-forwarded-ssl").is_none());
+        assert!(h.get("client-ip").is_none());
+        client.peer_trusted = false;
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        set_forwarding(&mut h, &Forwarding { client: &client, proto: "http", host: None, request_id: "a" });
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
     }
 }

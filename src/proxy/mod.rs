@@ -47,15 +47,17 @@ struct Refusal {
     status: StatusCode,
     decision: DecisionLabel,
     reason: String,
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
     fn new(status: StatusCode, decision: DecisionLabel, reason: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            decision,
-            reason: reason.into(),
-        }
+        Refusal { status, decision, reason: reason.into(), retry_after: None }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Refusal {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
@@ -74,10 +76,7 @@ pub async fn handle(
         None => raw_path.to_string(),
     };
     let text = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default()
+        req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
     };
     let record = AccessRecord {
         time: SystemTime::now(),
@@ -93,10 +92,7 @@ pub async fn handle(
         enforced: runtime.config.policy.mode == Mode::Enforce,
         user: None,
         method: truncate(req.method().as_str(), 32),
-        host: host
-            .as_ref()
-            .map(|h| truncate(&String::from_utf8_lossy(h.as_bytes()), 256))
-            .unwrap_or_default(),
+        host: host.as_ref().map(|h| truncate(&String::from_utf8_lossy(h.as_bytes()), 256)).unwrap_or_default(),
         path: truncate(&logged_path, 4096),
         status: 499,
         upstream_status: None,
@@ -121,25 +117,14 @@ pub async fn handle(
     });
 
     if let Err(refusal) = check_request(&req, &runtime.config.limits) {
-        return Ok(answer(
-            pending,
-            refusal,
-            &runtime.config.auth.challenge,
-            None,
-        ));
+        return Ok(answer(pending, refusal, &runtime.config.auth.challenge, None));
     }
 
     let config = &runtime.config;
     let (path, query) = (req.uri().path(), req.uri().query());
     let decision = decide(
         &config.policy,
-        &RequestFacts {
-            peer: conn.peer.ip(),
-            method: req.method(),
-            path,
-            query,
-            headers: req.headers(),
-        },
+        &RequestFacts { peer: conn.peer.ip(), method: req.method(), path, query, headers: req.headers() },
     );
     let client = &decision.client;
     tracing::debug!(
@@ -157,22 +142,16 @@ pub async fn handle(
     pending.record.rule = decision.rule.map(|i| config.policy.rules[i].name.clone());
     pending.record.group = decision.group.map(|i| config.policy.groups[i].name.clone());
     let enforce = config.policy.mode == Mode::Enforce;
-    let rule_admits_groups = decision
-        .rule
-        .is_some_and(|i| !config.policy.rules[i].allow.is_empty());
+    let rule_admits_groups = decision.rule.is_some_and(|i| !config.policy.rules[i].allow.is_empty());
 
     let mut strip_authorization = false;
     let verdict: Result<DecisionLabel, Refusal> = match decision.outcome {
-        Outcome::BadRequest { status, reason } => {
-            Err(Refusal::new(status, DecisionLabel::BadRequest, reason))
-        }
-        _ if conn.redirect_https && !matches!(decision.outcome, Outcome::Allow) => {
-            Err(Refusal::new(
-                StatusCode::PERMANENT_REDIRECT,
-                DecisionLabel::Redirect,
-                "plain HTTP listener redirects to https",
-            ))
-        }
+        Outcome::BadRequest { status, reason } => Err(Refusal::new(status, DecisionLabel::BadRequest, reason)),
+        _ if conn.redirect_https && !matches!(decision.outcome, Outcome::Allow) => Err(Refusal::new(
+            StatusCode::PERMANENT_REDIRECT,
+            DecisionLabel::Redirect,
+            "plain HTTP listener redirects to https",
+        )),
         Outcome::Allow => Ok(DecisionLabel::Allow),
         Outcome::Open => Ok(DecisionLabel::Open),
         Outcome::Deny => Err(Refusal::new(
@@ -189,9 +168,8 @@ pub async fn handle(
             if let Some(user) = verdict.1 {
                 pending.record.user = Some(truncate(&user, 128));
             }
-            strip_authorization = matches!(verdict.0, Ok(DecisionLabel::AuthOk))
-                && !config.auth.forward_credentials
-                && enforce;
+            strip_authorization =
+                matches!(verdict.0, Ok(DecisionLabel::AuthOk)) && !config.auth.forward_credentials && enforce;
             verdict.0
         }
     };
@@ -199,11 +177,7 @@ pub async fn handle(
         Err(r) if r.decision == DecisionLabel::BadRequest => Err(r),
         Err(r) if !enforce => {
             // Report mode: decided and logged as a refusal, but forwarded anyway.
-            pending.record.error = Some(format!(
-                "not enforced: would answer {}: {}",
-                r.status.as_u16(),
-                r.reason
-            ));
+            pending.record.error = Some(format!("not enforced: would answer {}: {}", r.status.as_u16(), r.reason));
             pending.record.decision = r.decision;
             Ok(r.decision)
         }
@@ -213,10 +187,7 @@ pub async fn handle(
         Err(refusal) => {
             pending.alarm = rule_admits_groups
                 && decision.member_of == 0
-                && matches!(
-                    refusal.decision,
-                    DecisionLabel::AuthFail | DecisionLabel::Deny | DecisionLabel::Banned
-                );
+                && matches!(refusal.decision, DecisionLabel::AuthFail | DecisionLabel::Deny | DecisionLabel::Banned);
             let location = if refusal.decision == DecisionLabel::Redirect {
                 https_location(host.as_ref(), req.uri())
             } else {
@@ -232,11 +203,7 @@ pub async fn handle(
             let Some(path) = decision.path.as_ref() else {
                 return Ok(answer(
                     pending,
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        DecisionLabel::BadRequest,
-                        "no path",
-                    ),
+                    Refusal::new(StatusCode::BAD_REQUEST, DecisionLabel::BadRequest, "no path"),
                     &config.auth.challenge,
                     None,
                 ));
@@ -245,21 +212,12 @@ pub async fn handle(
             if strip_authorization {
                 parts.headers.remove(header::AUTHORIZATION);
             }
-            let uri = upstream_uri(
-                &runtime.upstream.config.url,
-                &path.forward,
-                parts.uri.query(),
-            );
+            let uri = upstream_uri(&runtime.upstream.config.url, &path.forward, parts.uri.query());
             headers::remove_hop_by_hop(&mut parts.headers);
             let proto = if conn.tls.is_some() { "https" } else { "http" };
             headers::set_forwarding(
                 &mut parts.headers,
-                &headers::Forwarding {
-                    client: &decision.client,
-                    proto,
-                    host: host.as_ref(),
-                    request_id: &request_id,
-                },
+                &headers::Forwarding { client: &decision.client, proto, host: host.as_ref(), request_id: &request_id },
             );
             match &runtime.upstream.config.host {
                 HostMode::Preserve => {
@@ -268,9 +226,7 @@ pub async fn handle(
                     }
                 }
                 HostMode::Upstream => {
-                    if let Ok(v) =
-                        HeaderValue::from_str(&upstream_host(&runtime.upstream.config.url))
-                    {
+                    if let Ok(v) = HeaderValue::from_str(&upstream_host(&runtime.upstream.config.url)) {
                         parts.headers.insert(header::HOST, v);
                     }
                 }
@@ -319,32 +275,19 @@ async fn forward(
                 UpstreamError::RequestBody(_) if too_large => {
                     (StatusCode::PAYLOAD_TOO_LARGE, DecisionLabel::BadRequest)
                 }
-                UpstreamError::RequestBody(_) => {
-                    (StatusCode::BAD_REQUEST, DecisionLabel::BadRequest)
-                }
-                UpstreamError::Timeout(_) => {
-                    (StatusCode::GATEWAY_TIMEOUT, DecisionLabel::UpstreamError)
-                }
+                UpstreamError::RequestBody(_) => (StatusCode::BAD_REQUEST, DecisionLabel::BadRequest),
+                UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, DecisionLabel::UpstreamError),
                 UpstreamError::Connect(_) | UpstreamError::Protocol(_) => {
                     (StatusCode::BAD_GATEWAY, DecisionLabel::UpstreamError)
                 }
             };
-            let reason = if too_large {
-                format!("request body larger than {limit} bytes")
-            } else {
-                e.to_string()
-            };
+            let reason = if too_large { format!("request body larger than {limit} bytes") } else { e.to_string() };
             if decision == DecisionLabel::UpstreamError {
                 health.failed(reason.clone());
                 tracing::warn!(request_id = %pending.record.request_id, client_ip = %pending.record.client_ip, path = %pending.record.path, status = status.as_u16(), "{reason}");
             }
             let challenge = runtime.config.auth.challenge.clone();
-            answer(
-                pending,
-                Refusal::new(status, decision, reason),
-                &challenge,
-                None,
-            )
+            answer(pending, Refusal::new(status, decision, reason), &challenge, None)
         }
     }
 }
@@ -361,34 +304,23 @@ async fn authenticate(
     let now = Instant::now();
     if enforce {
         if let Some(left) = shared.bans.banned(client, now) {
-            let mut r = Refusal::new(
+            let secs = left.as_secs().max(1);
+            let r = Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 DecisionLabel::Banned,
-                format!(
-                    "too many failed logins; banned for {}s more",
-                    left.as_secs().max(1)
-                ),
-            );
-            r.reason
-                .push_str(&format!(" (retry-after {})", left.as_secs().max(1)));
+                format!("too many failed logins; banned for {secs}s more"),
+            )
+            .retry_after(secs);
             return (Err(r), creds.ok().map(|c| c.user));
         }
     }
-    let policy = BanPolicy {
-        max_failures: auth.max_failures,
-        window: auth.failure_window,
-        ban: auth.ban,
-    };
+    let policy = BanPolicy { max_failures: auth.max_failures, window: auth.failure_window, ban: auth.ban };
     let fail = |reason: String| {
         if enforce && shared.bans.record_failure(client, policy, now) {
             shared.stats.bans_started.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client_ip = %client, ban_seconds = auth.ban.as_secs(), "client banned after {} failed logins", auth.max_failures);
         }
-        Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            DecisionLabel::AuthFail,
-            reason,
-        ))
+        Err(Refusal::new(StatusCode::UNAUTHORIZED, DecisionLabel::AuthFail, reason))
     };
     match creds {
         Err(CredentialsError::Missing) => (
@@ -399,40 +331,25 @@ async fn authenticate(
             )),
             None,
         ),
-        Err(e) if e.is_bad_request() => (
-            Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                DecisionLabel::BadRequest,
-                e.reason(),
-            )),
-            None,
-        ),
+        Err(e) if e.is_bad_request() => {
+            (Err(Refusal::new(StatusCode::BAD_REQUEST, DecisionLabel::BadRequest, e.reason())), None)
+        }
         Err(e) => (fail(e.reason().to_string()), None),
         Ok(creds) => {
             let user = creds.user.clone();
-            match shared
-                .verify_pool
-                .verify(runtime.config.users.clone(), creds)
-                .await
-            {
+            match shared.verify_pool.verify(runtime.config.users.clone(), creds).await {
                 Ok((_, true)) => (Ok(DecisionLabel::AuthOk), Some(user)),
                 Ok((_, false)) => {
                     let known = runtime.config.users.contains(&user);
-                    (
-                        fail(if known {
-                            "wrong password".into()
-                        } else {
-                            "unknown user".into()
-                        }),
-                        Some(user),
-                    )
+                    (fail(if known { "wrong password".into() } else { "unknown user".into() }), Some(user))
                 }
                 Err(VerifyError::Overloaded) => (
                     Err(Refusal::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         DecisionLabel::Overloaded,
                         "password verification queue is full",
-                    )),
+                    )
+                    .retry_after(1)),
                     Some(user),
                 ),
             }
@@ -456,42 +373,22 @@ fn answer(
         DecisionLabel::Challenge | DecisionLabel::AuthFail => "login required\n".to_string(),
         DecisionLabel::Deny => "forbidden\n".to_string(),
         DecisionLabel::Banned => "too many failed logins\n".to_string(),
-        _ => format!(
-            "{}\n",
-            status
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_ascii_lowercase()
-        ),
+        _ => format!("{}\n", status.canonical_reason().unwrap_or("error").to_ascii_lowercase()),
     };
     let mut resp = Response::new(LoggedBody::new(Full::new(Bytes::from(text)), pending).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, challenge.clone());
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let secs = refusal
-            .reason
-            .rsplit("retry-after ")
-            .next()
-            .and_then(|s| s.trim_end_matches(')').parse::<u64>().ok())
-            .unwrap_or(60);
+    if let Some(secs) = refusal.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if matches!(
         status,
-        StatusCode::BAD_REQUEST
-            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            | StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | StatusCode::PAYLOAD_TOO_LARGE
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -503,13 +400,7 @@ fn answer(
 
 /// HTTP-level checks that come before any policy: framing, method, sizes.
 fn check_request(req: &Request<Incoming>, limits: &crate::config::Limits) -> Result<(), Refusal> {
-    let bad = |reason: &str| {
-        Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            DecisionLabel::BadRequest,
-            reason,
-        ))
-    };
+    let bad = |reason: &str| Err(Refusal::new(StatusCode::BAD_REQUEST, DecisionLabel::BadRequest, reason));
     let h = req.headers();
     if headers::header_bytes(h) > limits.max_header_bytes {
         return Err(Refusal::new(
@@ -543,11 +434,7 @@ fn check_request(req: &Request<Incoming>, limits: &crate::config::Limits) -> Res
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return bad("both Content-Length and Transfer-Encoding");
     }
-    let te: Vec<&[u8]> = h
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    let te: Vec<&[u8]> = h.get_all(header::TRANSFER_ENCODING).iter().map(|v| v.as_bytes()).collect();
     if !te.is_empty() && (te.len() > 1 || !te[0].eq_ignore_ascii_case(b"chunked")) {
         return bad("unsupported Transfer-Encoding");
     }
@@ -555,24 +442,14 @@ fn check_request(req: &Request<Incoming>, limits: &crate::config::Limits) -> Res
         return bad("protocol upgrades (websocket, h2c) are not forwarded");
     }
     if let Some(len) = h.get(header::CONTENT_LENGTH) {
-        let len: u64 = std::str::from_utf8(len.as_bytes())
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    DecisionLabel::BadRequest,
-                    "invalid Content-Length",
-                )
-            })?;
+        let len: u64 = std::str::from_utf8(len.as_bytes()).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            Refusal::new(StatusCode::BAD_REQUEST, DecisionLabel::BadRequest, "invalid Content-Length")
+        })?;
         if len > limits.max_body_bytes {
             return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 DecisionLabel::BadRequest,
-                format!(
-                    "Content-Length {len} over the limit of {} bytes",
-                    limits.max_body_bytes
-                ),
+                format!("Content-Length {len} over the limit of {} bytes", limits.max_body_bytes),
             ));
         }
     }
@@ -584,9 +461,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(h) = req.headers().get(header::HOST) {
         return Some(h.clone());
     }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 fn https_location(host: Option<&HeaderValue>, uri: &Uri) -> Option<HeaderValue> {
@@ -607,9 +482,7 @@ fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Uri {
 }
 
 fn upstream_host(url: &Uri) -> String {
-    url.authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_default()
+    url.authority().map(|a| a.as_str().to_string()).unwrap_or_default()
 }
 
 fn protocol(v: Version) -> &'static str {

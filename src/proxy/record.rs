@@ -126,10 +126,7 @@ pub struct LoggedBody<B> {
 
 impl<B> LoggedBody<B> {
     pub fn new(inner: B, pending: Box<Pending>) -> Self {
-        LoggedBody {
-            inner,
-            pending: Some(pending),
-        }
+        LoggedBody { inner, pending: Some(pending) }
     }
 }
 
@@ -141,10 +138,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -156,10 +150,8 @@ where
             Poll::Ready(Some(Err(e))) => {
                 let e: BoxError = e.into();
                 if let Some(p) = this.pending.as_mut() {
-                    p.record.error = Some(format!(
-                        "response body aborted: {}",
-                        crate::upstream::error_chain(e.as_ref())
-                    ));
+                    p.record.error =
+                        Some(format!("response body aborted: {}", crate::upstream::error_chain(e.as_ref())));
                 }
                 // Dropping the record now logs it; the client connection is aborted by hyper.
                 this.pending = None;
@@ -214,16 +206,12 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total = this.seen.fetch_add(data.len() as u64, Ordering::Relaxed)
-                        + data.len() as u64;
+                    let total = this.seen.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
                     if total > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }

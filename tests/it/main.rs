@@ -1,0 +1,13 @@
+//! Integration tests: the real guard on loopback, a recording upstream, and
+//! clients from different 127.0.0.x source addresses. One binary, one link.
+
+mod common;
+
+mod admission;
+mod cli;
+mod forwarding;
+mod hostile;
+mod logging;
+mod ops;
+mod paths;
+mod tls;
