@@ -123,6 +123,46 @@ pub struct AccessRecord {
     pub error: Option<String>,
 }
 
+impl AccessRecord {
+    /// A record for a request refused at the connection level, before it had a method or path.
+    pub fn connection_level(
+        peer: std::net::SocketAddr,
+        listener: &str,
+        tls: Option<&'static str>,
+        status: u16,
+        error: String,
+    ) -> AccessRecord {
+        let ip = peer.ip().to_canonical().to_string();
+        AccessRecord {
+            time: SystemTime::now(),
+            request_id: String::new(),
+            client_ip: ip.clone(),
+            peer_ip: ip,
+            listener: listener.to_string(),
+            protocol: "HTTP/1.1",
+            tls,
+            group: None,
+            rule: None,
+            decision: DecisionLabel::BadRequest,
+            enforced: true,
+            user: None,
+            method: "-".into(),
+            host: String::new(),
+            path: "-".into(),
+            status,
+            upstream_status: None,
+            source: StatusSource::Guard,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            upstream_ms: None,
+            user_agent: String::new(),
+            referer: String::new(),
+            error: Some(error),
+        }
+    }
+}
+
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*t))
 }

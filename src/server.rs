@@ -243,6 +243,8 @@ async fn serve_http<I>(
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
     let in_flight = activity.clone();
+    let shared_for_errors = shared.clone();
+    let info_for_errors = info.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let info = info.clone();
@@ -260,7 +262,12 @@ async fn serve_http<I>(
     let mut tick = tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    connection_error(&shared_for_errors, &info_for_errors, e.as_ref());
+                }
+                return;
+            }
             _ = shutdown.changed(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -361,4 +368,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// Requests hyper refuses before the guard sees them (malformed framing, oversized
+/// heads, slow headers) still get a log line and an access record.
+fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+    let Some(h) = find_hyper_error(e) else {
+        tracing::debug!(peer = %info.peer, listener = %info.listener, error = %e, "connection error");
+        return;
+    };
+    let (status, reason) = if h.is_parse_too_large() {
+        (431, format!("request head too large, refused by the HTTP parser: {h}"))
+    } else if h.is_parse() {
+        (400, format!("malformed request refused by the HTTP parser: {h}"))
+    } else if h.is_timeout() {
+        (408, "request headers not received within limits.header_timeout".to_string())
+    } else {
+        tracing::debug!(peer = %info.peer, listener = %info.listener, error = %h, "connection closed");
+        return;
+    };
+    tracing::info!(peer = %info.peer, listener = %info.listener, status, "{reason}");
+    let record = crate::access_log::AccessRecord::connection_level(info.peer, &info.listener, info.tls, status, reason);
+    shared.access_log.write(record);
+}
+
+fn find_hyper_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return Some(h);
+        }
+        current = err.source();
+    }
+    None
 }

@@ -89,33 +89,7 @@ impl Drop for Pending {
 }
 
 fn blank_record() -> AccessRecord {
-    AccessRecord {
-        time: SystemTime::UNIX_EPOCH,
-        request_id: String::new(),
-        client_ip: String::new(),
-        peer_ip: String::new(),
-        listener: String::new(),
-        protocol: "",
-        tls: None,
-        group: None,
-        rule: None,
-        decision: DecisionLabel::BadRequest,
-        enforced: true,
-        user: None,
-        method: String::new(),
-        host: String::new(),
-        path: String::new(),
-        status: 0,
-        upstream_status: None,
-        source: crate::access_log::StatusSource::Guard,
-        bytes_in: 0,
-        bytes_out: 0,
-        duration_ms: 0.0,
-        upstream_ms: None,
-        user_agent: String::new(),
-        referer: String::new(),
-        error: None,
-    }
+    AccessRecord::connection_level(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), "", None, 0, String::new())
 }
 
 /// The response body, counting bytes out and holding the record until the end.
