@@ -116,7 +116,14 @@ fn run(path: &Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // CARTGUARD_WORKER_THREADS=n: a fixed number of async workers (default: one per CPU).
+    if let Some(n) = std::env::var("CARTGUARD_WORKER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        if n > 0 {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -188,6 +195,18 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     match &tls {
         Err(e) => errors.push(e.clone()),
         Ok(stores) => {
+            if let cartguard::config::HostMode::Literal(host) = &config.upstream.host {
+                let host = host.to_str().unwrap_or("").split(':').next().unwrap_or("");
+                for (listener, _) in stores.infos() {
+                    let covered = stores
+                        .infos()
+                        .iter()
+                        .any(|(l, i)| *l == listener && i.names.iter().any(|n| cartguard::tls::name_matches(n, host)));
+                    if !covered && !warnings.iter().any(|w| w.contains(&listener)) {
+                        warnings.push(format!("no certificate on {listener} covers the configured host {host:?}"));
+                    }
+                }
+            }
             for (listener, info) in stores.infos() {
                 if info.days_left < 14 {
                     warnings.push(format!(

@@ -189,7 +189,13 @@ async fn connection(
     let activity = Arc::new(Activity::new());
     match tls {
         None => {
-            let info = Arc::new(ConnInfo { peer, listener, tls: None, redirect_https: cfg.redirect_https });
+            let info = Arc::new(ConnInfo {
+                peer,
+                listener,
+                tls: None,
+                redirect_https: cfg.redirect_https,
+                activity: activity.clone(),
+            });
             serve_http(ActivityIo::new(stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
         }
         Some(acceptor) => {
@@ -210,7 +216,13 @@ async fn connection(
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "TLS",
             };
-            let info = Arc::new(ConnInfo { peer, listener, tls: Some(version), redirect_https: false });
+            let info = Arc::new(ConnInfo {
+                peer,
+                listener,
+                tls: Some(version),
+                redirect_https: false,
+                activity: activity.clone(),
+            });
             serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
         }
     }
@@ -243,6 +255,7 @@ async fn serve_http<I>(
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
     let in_flight = activity.clone();
+    let peer = info.peer;
     let shared_for_errors = shared.clone();
     let info_for_errors = info.clone();
     let service = service_fn(move |req| {
@@ -273,9 +286,16 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= idle_timeout && activity.in_flight() == 0 {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                // No bytes either way for idle_timeout, and not waiting on the cart:
+                // an idle keep-alive is closed politely, a stalled body or reader is cut.
+                if activity.idle_for() >= idle_timeout && activity.waiting_upstream() == 0 {
+                    if activity.in_flight() == 0 {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        tracing::info!(peer = %peer, "closing a stalled connection: no bytes for {}ms with a request in flight", idle_timeout.as_millis());
+                        return;
+                    }
                 }
             }
         }
@@ -283,15 +303,23 @@ async fn serve_http<I>(
 }
 
 /// Last read/write time and requests in flight on one connection.
+#[derive(Debug)]
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests waiting for the cart's response head: silence then is not the client's fault.
+    upstream_waits: AtomicUsize,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            upstream_waits: AtomicUsize::new(0),
+        }
     }
     fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -302,9 +330,26 @@ impl Activity {
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+    fn waiting_upstream(&self) -> usize {
+        self.upstream_waits.load(Ordering::Relaxed)
+    }
+    /// Held while a request waits for the upstream's response head.
+    pub fn upstream_wait(self: &Arc<Self>) -> UpstreamWait {
+        self.upstream_waits.fetch_add(1, Ordering::Relaxed);
+        UpstreamWait(self.clone())
+    }
     fn request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+}
+
+pub struct UpstreamWait(Arc<Activity>);
+
+impl Drop for UpstreamWait {
+    fn drop(&mut self) {
+        self.0.upstream_waits.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 

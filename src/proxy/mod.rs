@@ -40,6 +40,8 @@ pub struct ConnInfo {
     /// Negotiated TLS version, on TLS listeners.
     pub tls: Option<&'static str>,
     pub redirect_https: bool,
+    /// Lets the idle cut-off know when silence is the upstream's doing.
+    pub activity: Arc<crate::server::Activity>,
 }
 
 /// The guard's own answer: status, reason for the log, decision label.
@@ -185,8 +187,10 @@ pub async fn handle(
     };
     match verdict {
         Err(refusal) => {
+            // Only requests carrying credentials look like the integration; bots without any do not.
             pending.alarm = rule_admits_groups
                 && decision.member_of == 0
+                && req.headers().contains_key(header::AUTHORIZATION)
                 && matches!(refusal.decision, DecisionLabel::AuthFail | DecisionLabel::Deny | DecisionLabel::Banned);
             let location = if refusal.decision == DecisionLabel::Redirect {
                 https_location(host.as_ref(), req.uri())
@@ -239,7 +243,7 @@ pub async fn handle(
             let limit = config.limits.max_body_bytes;
             let body = LimitedBody::new(body, pending.bytes_in.clone(), limit).boxed();
             let upstream_req = Request::from_parts(parts, body);
-            Ok(forward(&shared, &runtime, pending, upstream_req, limit).await)
+            Ok(forward(&shared, &runtime, pending, upstream_req, limit, &conn.activity).await)
         }
     }
 }
@@ -250,11 +254,14 @@ async fn forward(
     mut pending: Box<Pending>,
     req: Request<Body>,
     limit: u64,
+    activity: &Arc<crate::server::Activity>,
 ) -> Response<Body> {
     let health = &shared.stats.upstream;
     health.in_flight.fetch_add(1, Ordering::Relaxed);
     let sent = Instant::now();
+    let wait = activity.upstream_wait();
     let result = runtime.upstream.send(req).await;
+    drop(wait);
     health.in_flight.fetch_sub(1, Ordering::Relaxed);
     let elapsed = sent.elapsed();
     pending.record.upstream_ms = Some(elapsed.as_secs_f64() * 1000.0);

@@ -206,6 +206,9 @@ pub struct GuardOptions {
     pub listeners: String,
     pub limits: String,
     pub upstream_url: Option<String>,
+    /// Extra YAML under `status:` (indented two spaces), e.g.
+    /// `"  expect:\n    - {group: integration-management, within: 1s}\n"`.
+    pub status_extra: String,
 }
 
 impl Default for GuardOptions {
@@ -217,6 +220,7 @@ impl Default for GuardOptions {
             listeners: "  - addr: \"127.0.0.1:0\"\n".into(),
             limits: String::new(),
             upstream_url: None,
+            status_extra: String::new(),
         }
     }
 }
@@ -248,7 +252,7 @@ impl TestGuard {
             "listen:\n{}upstream:\n  url: \"{url}\"\n  connect_timeout: 2s\n  timeout: 5s\n  probe_interval: 200ms\n{}status:\n  listen: \"127.0.0.9:0\"\n{}\nlog:\n  format: {}\n  path: \"{}\"\n{}\n",
             o.listeners,
             o.upstream_extra,
-            "",
+            o.status_extra,
             o.log_format,
             dir.path().join("access.log").display(),
             if o.limits.is_empty() { String::new() } else { format!("limits:\n{}", o.limits) },
