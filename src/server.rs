@@ -434,6 +434,7 @@ fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error
     };
     tracing::info!(peer = %info.peer, listener = %info.listener, status, "{reason}");
     let record = crate::access_log::AccessRecord::connection_level(info.peer, &info.listener, info.tls, status, reason);
+    shared.stats.deny(crate::state::Denial::from_record(&record));
     shared.access_log.write(record);
 }
 

@@ -91,8 +91,8 @@ impl RuleStats {
 pub struct GroupStats {
     pub requests: AtomicU64,
     pub last: Mutex<Option<GroupLast>>,
-    /// Unix seconds of the last request, for /metrics and /healthz without a lock.
-    pub last_seen_unix: AtomicU64,
+    /// Unix milliseconds of the last request, for /metrics and /healthz without a lock.
+    pub last_seen_unix_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,8 +107,8 @@ pub struct GroupLast {
 impl GroupStats {
     pub fn seen(&self, last: GroupLast) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-        self.last_seen_unix.store(now, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.last_seen_unix_ms.store(now, Ordering::Relaxed);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
     }
 }
@@ -123,6 +123,21 @@ pub struct Denial {
     pub status: u16,
     pub path: String,
     pub reason: Option<String>,
+}
+
+impl Denial {
+    pub fn from_record(r: &crate::access_log::AccessRecord) -> Denial {
+        Denial {
+            time: rfc3339(r.time),
+            client_ip: r.client_ip.clone(),
+            peer_ip: r.peer_ip.clone(),
+            rule: r.rule.clone(),
+            decision: r.decision,
+            status: r.status,
+            path: r.path.clone(),
+            reason: r.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -105,20 +105,19 @@ pub fn health_reasons(shared: &Shared) -> Vec<String> {
         let err = up.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
         reasons.push(format!("upstream {} unreachable: {err}", rt.config.upstream.authority));
     }
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     for e in &rt.config.status.expect {
         let Some(i) = rt.config.policy.group_index(&e.group) else {
             continue;
         };
-        let last = rt.group_stats[i].last_seen_unix.load(Ordering::Relaxed);
-        let since_start = shared.started.elapsed();
-        let stale =
-            if last == 0 { since_start >= e.within } else { Duration::from_secs(now.saturating_sub(last)) >= e.within };
+        let last_ms = rt.group_stats[i].last_seen_unix_ms.load(Ordering::Relaxed);
+        let ago = Duration::from_millis(now_ms.saturating_sub(last_ms));
+        let stale = if last_ms == 0 { shared.started.elapsed() >= e.within } else { ago >= e.within };
         if stale {
-            let seen = if last == 0 {
+            let seen = if last_ms == 0 {
                 "never seen since start".to_string()
             } else {
-                format!("last seen {}s ago", now.saturating_sub(last))
+                format!("last seen {}s ago", ago.as_secs())
             };
             reasons.push(format!("group {} not seen within {}s ({seen})", e.group, e.within.as_secs()));
         }
@@ -408,7 +407,7 @@ pub fn metrics(shared: &Shared) -> String {
             m,
             "cartguard_group_last_seen_timestamp_seconds{{group=\"{}\"}} {}",
             label(&g.name),
-            s.last_seen_unix.load(Ordering::Relaxed)
+            s.last_seen_unix_ms.load(Ordering::Relaxed) / 1000
         );
     }
     m.push_str("# HELP cartguard_certificate_expiry_timestamp_seconds Unix time each certificate expires.\n# TYPE cartguard_certificate_expiry_timestamp_seconds gauge\n");

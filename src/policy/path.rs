@@ -272,4 +272,71 @@ mod tests {
     fn collapse() {
         assert_eq!(collapse_slashes(b"//wc///v3"), b"/wc/v3".to_vec());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Pieces that make path tricks likely, mixed with any ASCII character.
+        fn piece() -> impl Strategy<Value = String> {
+            let benign = prop::sample::select(vec![
+                "/", "//", ".", "..", "%2e", "%2E", "%25", "%41", "%7e", "%c3%a9", "%20", "wc", "WC", "wp-json", "a",
+                "-", "~", ";", "=", "@", ":",
+            ]);
+            let tricky = prop::sample::select(vec![
+                "%2f", "%2F", "%5c", "%5C", "%", "%4", "%zz", "%00", "%0a", "%7f", "\\", "#", "?", " ",
+            ]);
+            prop_oneof![
+                4 => benign.prop_map(str::to_string),
+                1 => tricky.prop_map(str::to_string),
+                1 => (0u8..0x80).prop_map(|b| (b as char).to_string()),
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..16).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        const PREFIXES: [&[u8]; 6] = [b"/", b"/wp-json/wc", b"/wp-json", b"/a", b"/wc", b"/%"];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn forward_is_a_fixed_point_with_no_tricks(raw in path()) {
+                if let Ok(n) = normalize(&raw) {
+                    let again = normalize(&n.forward).expect("the forwarded path must normalise");
+                    prop_assert_eq!(&again.decoded, &n.decoded, "{:?} -> {:?}", raw, n.forward);
+                    prop_assert_eq!(&again.forward, &n.forward);
+                    let lower = n.forward.to_ascii_lowercase();
+                    for bad in ["/./", "/../", "%2f", "%5c", "//", "\\", "#", "?"] {
+                        prop_assert!(!lower.contains(bad), "{:?} forwarded as {:?}", raw, n.forward);
+                    }
+                    prop_assert!(n.forward.starts_with('/'));
+                    prop_assert!(n.forward.split('/').all(|s| s != "." && s != ".."), "{:?}", n.forward);
+                    prop_assert!(!n.decoded.windows(2).any(|w| w == b"//"));
+                    prop_assert!(n.forward.bytes().all(|b| b.is_ascii_graphic()));
+                    for prefix in PREFIXES {
+                        prop_assert_eq!(
+                            segment_prefix_matches(prefix, &n.decoded),
+                            segment_prefix_matches(prefix, &again.decoded),
+                        );
+                    }
+                    // A generated prefix too: matching the path against itself by segments.
+                    let own = crate::policy::rules::prepare_prefix(&n.display());
+                    prop_assert!(segment_prefix_matches(&own, &again.decoded));
+                }
+            }
+
+            #[test]
+            fn encoded_separators_and_raw_tricks_never_pass(raw in path()) {
+                let lower = raw.to_ascii_lowercase();
+                let tricky = ["%2f", "%5c", "\\", "#", " ", "%00", "%0a", "%7f", "%zz"].iter().any(|t| lower.contains(t))
+                    || raw.bytes().any(|b| b.is_ascii_control());
+                if tricky {
+                    prop_assert!(normalize(&raw).is_err(), "{:?} was accepted", raw);
+                }
+            }
+        }
+    }
 }

@@ -57,16 +57,7 @@ impl Drop for Pending {
             }
         }
         if r.decision.is_refusal() {
-            stats.deny(Denial {
-                time: crate::access_log::rfc3339(r.time),
-                client_ip: r.client_ip.clone(),
-                peer_ip: r.peer_ip.clone(),
-                rule: r.rule.clone(),
-                decision: r.decision,
-                status: r.status,
-                path: r.path.clone(),
-                reason: r.error.clone(),
-            });
+            stats.deny(Denial::from_record(r));
         }
         if self.alarm {
             if let Ok(ip) = r.client_ip.parse() {

@@ -209,6 +209,8 @@ pub struct GuardOptions {
     /// Extra YAML under `status:` (indented two spaces), e.g.
     /// `"  expect:\n    - {group: integration-management, within: 1s}\n"`.
     pub status_extra: String,
+    /// `upstream.timeout` (until the response head arrives).
+    pub upstream_timeout: &'static str,
 }
 
 impl Default for GuardOptions {
@@ -221,6 +223,7 @@ impl Default for GuardOptions {
             limits: String::new(),
             upstream_url: None,
             status_extra: String::new(),
+            upstream_timeout: "5s",
         }
     }
 }
@@ -249,8 +252,9 @@ impl TestGuard {
         let body = o.body.replace("$ALICE_HASH", &hash(ALICE));
         let url = o.upstream_url.clone().unwrap_or_else(|| upstream.url());
         format!(
-            "listen:\n{}upstream:\n  url: \"{url}\"\n  connect_timeout: 2s\n  timeout: 5s\n  probe_interval: 200ms\n{}status:\n  listen: \"127.0.0.9:0\"\n{}\nlog:\n  format: {}\n  path: \"{}\"\n{}\n",
+            "listen:\n{}upstream:\n  url: \"{url}\"\n  connect_timeout: 2s\n  timeout: {}\n  probe_interval: 200ms\n{}status:\n  listen: \"127.0.0.9:0\"\n{}\nlog:\n  format: {}\n  path: \"{}\"\n{}\n",
             o.listeners,
+            o.upstream_timeout,
             o.upstream_extra,
             o.status_extra,
             o.log_format,
