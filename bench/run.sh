@@ -2,23 +2,27 @@
 # Side-by-side benchmark: cartguard against nginx doing the same job
 # (allowlist or Basic auth, then proxy_pass to a keep-alive upstream).
 #
-#   bench/run.sh                 # full run, about 2 minutes after the build
-#   DURATION=5 bench/run.sh      # shorter loads
+#   bench/run.sh                       # about 4 minutes after the build
+#   ROUNDS=1 DURATION=5 bench/run.sh   # a quick look
 #
-# Knobs (environment): DURATION (s, default 10), WARMUP (s, 2), CONNS (64),
-# WRK_THREADS (1), SERVER_CPU (1), CLIENT_CPU (0), IDLE_CONNS (10000; 0 skips
-# the idle keep-alive test), NGINX_10K (1; 0 skips nginx with 10,000 allow
-# lines), KEEP=1 keeps the work directory, NO_BUILD=1 skips `cargo build`.
+# Knobs (environment): DURATION (s per load, default 10), ROUNDS (3), WARMUP
+# (s, 2), CONNS (64), WRK_THREADS (1), SERVER_CPU (1), CLIENT_CPU (0),
+# IDLE_CONNS (10000; 0 skips the idle keep-alive test), NGINX_10K (1; 0 skips
+# nginx with 10,000 allow lines), KEEP=1 keeps the work directory, NO_BUILD=1
+# skips `cargo build --release`.
 #
 # Every server runs pinned to SERVER_CPU (the proxy and the upstream share it),
 # wrk runs pinned to CLIENT_CPU; cartguard gets 1 async worker thread
 # (CARTGUARD_WORKER_THREADS=1) and nginx `worker_processes 1`. Both write an
-# access log to a file during the run. Results: a table on stdout and
-# bench/results/YYYY-MM-DD.md.
+# access log to a file during the run. All servers start once; each round runs
+# every case in turn (same duration, same connections), so a noisy neighbour
+# hits all cases alike; the table shows the round with the median req/s.
+# Results: a table on stdout and bench/results/YYYY-MM-DD.md.
 
 set -euo pipefail
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -53,6 +57,7 @@ cleanup() {
             sleep 0.1
         done
         kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
     done
     if [[ -n "$WORK" && -d "$WORK" ]]; then
         if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
@@ -90,6 +95,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 CPUS=$(nproc)
 ((SERVER_CPU < CPUS && CLIENT_CPU < CPUS)) || die "SERVER_CPU=$SERVER_CPU / CLIENT_CPU=$CLIENT_CPU: this machine has $CPUS CPUs"
+((ROUNDS >= 1 && DURATION >= 1)) || die "ROUNDS and DURATION must be at least 1"
 
 # File descriptors for the idle keep-alive test: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -126,7 +132,7 @@ EOF
 wait_port() {
     local port=$1 pid=$2 name=$3
     for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see $WORK/*.err)"
+        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up: $(tail -n 5 "$WORK/$name.err" 2>/dev/null)"
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             return 0
         fi
@@ -135,18 +141,11 @@ wait_port() {
     die "$name did not listen on 127.0.0.1:$port within 10s"
 }
 
-# status code of one request: http_status URL [curl args...]
-http_status() {
-    local url=$1
-    shift
-    curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" "$url" || true
-}
-
 expect_status() {
     local want=$1 what=$2 url=$3
     shift 3
     local got
-    got=$(http_status "$url" "$@")
+    got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" "$url" || true)
     [[ "$got" == "$want" ]] || die "$what: expected HTTP $want from $url, got $got"
 }
 
@@ -154,7 +153,7 @@ expect_status() {
 proc_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 
-# wrk output → "rps p50_ms p99_ms errors"
+# wrk output → "rps p50_ms p99_ms errors requests"
 parse_wrk() {
     awk '
         function ms(v) {
@@ -165,18 +164,19 @@ parse_wrk() {
             return v + 0
         }
         /^Requests\/sec:/ { rps = $2 }
+        / requests in / { n = $1 }
         $1 == "50%" { p50 = ms($2) }
         $1 == "99%" { p99 = ms($2) }
         /Non-2xx or 3xx responses:/ { err += $NF }
         /Socket errors:/ {
             for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { v = $i; sub(/,/, "", v); err += v }
         }
-        END { printf "%s %.3f %.3f %d\n", rps + 0, p50 + 0, p99 + 0, err + 0 }
+        END { printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, err, n }
     ' "$1"
 }
 
 # ---------------------------------------------------------------- fixtures
-read -r P_UP P_CG P_CG_ADMIN P_NG <<<"$(free_ports 4)"
+read -r P_UP P_CG_ALLOW P_CG_AUTH P_CG_10K P_NG_ALLOW P_NG_AUTH P_NG_10K A_ALLOW A_AUTH A_10K <<<"$(free_ports 10)"
 PATH_REQ="/wp-json/wc/v3/products?per_page=10"
 USER_NAME=bench
 PASSWORD="bench-$(head -c 9 /dev/urandom | base64 | tr -d '/+=')"
@@ -223,9 +223,9 @@ http {
 EOF
 
 # nginx as the guard: satisfy any; allow <groups>; deny all; auth_basic.
-# $1 = name, $2 = extra allow lines (besides integration-management).
+# $1 = name, $2 = port, $3 = file of extra allow lines (besides integration-management).
 nginx_guard_conf() {
-    local name=$1 allow_file=$2 dir="$WORK/$1"
+    local name=$1 port=$2 allow_file=$3 dir="$WORK/$1"
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
@@ -249,7 +249,7 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$P_NG backlog=4096;
+        listen 127.0.0.1:$port backlog=4096;
         location / {
             satisfy any;
             allow 50.18.194.14;
@@ -282,18 +282,19 @@ with open(f"{work}/cidrs.yaml", "w") as f:
 with open(f"{work}/allow-10k.inc", "w") as f:
     f.write("".join(f"allow {c};\n" for c in nets) + "allow 127.0.0.1;\n")
 EOF
-nginx_guard_conf ng-allow "$WORK/allow-bench.inc"
-nginx_guard_conf ng-auth "$WORK/allow-none.inc"
-nginx_guard_conf ng-10k "$WORK/allow-10k.inc"
+nginx_guard_conf ng-allow "$P_NG_ALLOW" "$WORK/allow-bench.inc"
+nginx_guard_conf ng-auth "$P_NG_AUTH" "$WORK/allow-none.inc"
+nginx_guard_conf ng-10k "$P_NG_10K" "$WORK/allow-10k.inc"
 
-# cartguard: same rules as the nginx config. $1 = name, $2 = allow list, $3 = extra groups yaml.
+# cartguard, same rules as the nginx config.
+# $1 = name, $2 = port, $3 = admin port, $4 = allow list, $5 = extra groups (yaml).
 cartguard_conf() {
-    local name=$1 allow=$2 groups=$3 dir="$WORK/$1"
+    local name=$1 port=$2 admin=$3 allow=$4 groups=$5 dir="$WORK/$1"
     mkdir -p "$dir"
     cat >"$dir/cartguard.yaml" <<EOF
 mode: enforce
 listen:
-  - addr: "127.0.0.1:$P_CG"
+  - addr: "127.0.0.1:$port"
 upstream:
   url: "http://127.0.0.1:$P_UP"
   host: preserve
@@ -315,7 +316,7 @@ rules:
 auth:
   realm: "Shop"
 status:
-  listen: "127.0.0.1:$P_CG_ADMIN"
+  listen: "127.0.0.1:$admin"
 log:
   format: json
   path: $dir/access.log
@@ -326,152 +327,148 @@ limits:
 EOF
     "$BIN" check --quiet --config "$dir/cartguard.yaml" >/dev/null || die "cartguard check failed for $name"
 }
-cartguard_conf cg-allow "[integration-management, bench]" ""
-cartguard_conf cg-auth "[integration-management]" ""
-cartguard_conf cg-10k "[integration-management, partners, bench]" "  partners:
+cartguard_conf cg-allow "$P_CG_ALLOW" "$A_ALLOW" "[integration-management, bench]" ""
+cartguard_conf cg-auth "$P_CG_AUTH" "$A_AUTH" "[integration-management]" ""
+cartguard_conf cg-10k "$P_CG_10K" "$A_10K" "[integration-management, partners, bench]" "  partners:
 $(cat "$WORK/cidrs.yaml")"
 
 # ---------------------------------------------------------------- servers
-UP_PID=""
-start_upstream() {
-    taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' \
-        >"$WORK/up.out" 2>"$WORK/up.err" &
-    UP_PID=$!
-    PIDS+=("$UP_PID")
-    wait_port "$P_UP" "$UP_PID" "upstream nginx"
-}
-
-# Starts a proxy; sets PROXY_PID (the process doing the work) and STOP_PID.
-PROXY_PID=""
-STOP_PID=""
-start_proxy() {
-    local kind=$1 name=$2
-    if [[ $kind == cartguard ]]; then
-        CARTGUARD_WORKER_THREADS=1 CARTGUARD_LOG=warn taskset -c "$SERVER_CPU" \
-            "$BIN" run --config "$WORK/$name/cartguard.yaml" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-        STOP_PID=$!
-        PIDS+=("$STOP_PID")
-        wait_port "$P_CG" "$STOP_PID" "cartguard ($name)"
-        PROXY_PID=$STOP_PID
-    else
-        taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/$name" -c "$WORK/$name/nginx.conf" -g 'daemon off;' \
-            >"$WORK/$name.out" 2>"$WORK/$name.err" &
-        STOP_PID=$!
-        PIDS+=("$STOP_PID")
-        wait_port "$P_NG" "$STOP_PID" "nginx ($name)"
-        PROXY_PID=""
-        for _ in $(seq 1 50); do
-            PROXY_PID=$(pgrep -P "$STOP_PID" | head -n1 || true)
-            [[ -n "$PROXY_PID" ]] && break
-            sleep 0.1
-        done
-        [[ -n "$PROXY_PID" ]] || die "nginx ($name) has no worker process"
-    fi
-}
-
-stop_proxy() {
-    local pid=$STOP_PID
-    kill -TERM "$pid" 2>/dev/null || true
+declare -A SERVE_PID # the process serving requests (nginx: its worker), by name
+start_nginx() {
+    local name=$1 port=$2 master=""
+    taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/$name" -c "$WORK/$name/nginx.conf" -g 'daemon off;' \
+        >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    master=$!
+    PIDS+=("$master")
+    wait_port "$port" "$master" "$name"
     for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
+        SERVE_PID[$name]=$(pgrep -P "$master" | head -n1 || true)
+        [[ -n "${SERVE_PID[$name]}" ]] && return 0
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${PIDS[@]}"; do
-        [[ $p == "$pid" ]] || keep+=("$p")
-    done
-    PIDS=("${keep[@]}")
+    die "nginx ($name) has no worker process"
 }
-
-# ---------------------------------------------------------------- measuring
-declare -A RPS P50 P99 HWM RSS_AFTER ERRS LOGLINES LABEL
-ORDER=()
-
-# measure KEY PORT [wrk args...]: warm-up, then the measured load.
-measure() {
-    local key=$1 port=$2
-    shift 2
-    local url="http://127.0.0.1:$port$PATH_REQ"
-    taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" --timeout 10s "$@" "$url" \
-        >"$WORK/$key.warmup" 2>&1 || die "wrk warm-up failed for $key"
-    say "  $key: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-    taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency "$@" "$url" \
-        >"$WORK/$key.wrk" 2>&1 || die "wrk failed for $key: $(cat "$WORK/$key.wrk")"
-    read -r RPS[$key] P50[$key] P99[$key] ERRS[$key] < <(parse_wrk "$WORK/$key.wrk")
-    ORDER+=("$key")
+start_cartguard() {
+    local name=$1 port=$2
+    CARTGUARD_WORKER_THREADS=1 CARTGUARD_LOG=warn taskset -c "$SERVER_CPU" \
+        "$BIN" run --config "$WORK/$name/cartguard.yaml" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    SERVE_PID[$name]=$!
+    PIDS+=("$!")
+    wait_port "$port" "${SERVE_PID[$name]}" "$name"
 }
-
-sample_rss() {
-    local key=$1 pid=$2
-    HWM[$key]=$(proc_kb "$pid" VmHWM)
-    sleep 1 # connections closed, allocator settled
-    RSS_AFTER[$key]=$(proc_kb "$pid" VmRSS)
-}
-
-log_lines() { if [[ -f "$1" ]]; then wc -l <"$1"; else echo 0; fi; }
 
 say "cartguard $("$BIN" --version | awk '{print $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
-say "servers on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; ports up=$P_UP cartguard=$P_CG nginx=$P_NG"
-start_upstream
+say "servers on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, $ROUNDS round(s) of ${DURATION}s per case"
+start_nginx up "$P_UP"
 expect_status 200 "upstream" "http://127.0.0.1:$P_UP/"
 [[ $(curl -s --max-time 5 "http://127.0.0.1:$P_UP$PATH_REQ" | wc -c) -eq 1024 ]] || die "upstream body is not 1024 bytes"
+start_cartguard cg-allow "$P_CG_ALLOW"
+start_cartguard cg-auth "$P_CG_AUTH"
+start_cartguard cg-10k "$P_CG_10K"
+start_nginx ng-allow "$P_NG_ALLOW"
+start_nginx ng-auth "$P_NG_AUTH"
+[[ "$NGINX_10K" == 1 ]] && start_nginx ng-10k "$P_NG_10K"
 
-say "a. direct to the upstream"
-measure direct "$P_UP"
-LABEL[direct]="a. direct to the upstream (ceiling)"
-HWM[direct]=$(proc_kb "$(pgrep -P "$UP_PID" | head -n1)" VmHWM)
-RSS_AFTER[direct]=""
+# Every proxy answers as it should before anything is measured.
+for u in "cg-allow $P_CG_ALLOW" "ng-allow $P_NG_ALLOW" "cg-10k $P_CG_10K" "ng-10k $P_NG_10K"; do
+    read -r name port <<<"$u"
+    [[ $name == ng-10k && "$NGINX_10K" != 1 ]] && continue
+    expect_status 200 "$name (allowlisted client, no credentials)" "http://127.0.0.1:$port/"
+done
+for u in "cg-auth $P_CG_AUTH" "ng-auth $P_NG_AUTH"; do
+    read -r name port <<<"$u"
+    url="http://127.0.0.1:$port/"
+    expect_status 401 "$name (no credentials)" "$url"
+    expect_status 401 "$name (wrong password)" "$url" -u "$USER_NAME:wrong-$PASSWORD"
+    expect_status 200 "$name (right password)" "$url" -H "$AUTH_HEADER"
+done
 
-run_case() {
-    local key=$1 kind=$2 name=$3 label=$4 mode=$5
-    say "$label"
-    start_proxy "$kind" "$name"
-    local url="http://127.0.0.1:${P_CG}/"
-    [[ $kind == nginx ]] && url="http://127.0.0.1:${P_NG}/"
-    local port=${url##*:}
-    port=${port%/}
-    if [[ $mode == allow ]]; then
-        expect_status 200 "$key (allowlisted, no credentials)" "$url"
-        measure "$key" "$port"
-    else
-        expect_status 401 "$key (not allowlisted, no credentials)" "$url"
-        expect_status 401 "$key (wrong password)" "$url" -u "$USER_NAME:wrong-$PASSWORD"
-        expect_status 200 "$key (right password)" "$url" -H "$AUTH_HEADER"
-        measure "$key" "$port" -H "$AUTH_HEADER"
-    fi
-    sample_rss "$key" "$PROXY_PID"
-    if [[ $kind == cartguard ]]; then
-        local dropped
-        dropped=$(curl -s --max-time 5 "http://127.0.0.1:$P_CG_ADMIN/metrics" |
-            awk '$1 == "cartguard_access_log_dropped_total" { print $2 }')
-        [[ "${dropped:-0}" == 0 ]] || say "  warning: cartguard dropped ${dropped} access records"
-    fi
-    stop_proxy
-    LOGLINES[$key]=$(log_lines "$WORK/$name/access.log")
-    LABEL[$key]=$label
+# ---------------------------------------------------------------- measuring
+# key | server name | port | auth? | label
+CASES=(
+    "direct|up|$P_UP|no|a. direct to the upstream (ceiling)"
+    "cg_allow|cg-allow|$P_CG_ALLOW|no|b. cartguard, client in an allow group"
+    "ng_allow|ng-allow|$P_NG_ALLOW|no|b. nginx, client in the allow list"
+    "cg_auth|cg-auth|$P_CG_AUTH|yes|c. cartguard, Basic auth (bcrypt cost 10)"
+    "ng_auth|ng-auth|$P_NG_AUTH|yes|c. nginx, Basic auth (bcrypt cost 10)"
+    "cg_10k|cg-10k|$P_CG_10K|no|e. cartguard, $CIDRS CIDRs + allow group"
+)
+[[ "$NGINX_10K" == 1 ]] && CASES+=("ng_10k|ng-10k|$P_NG_10K|no|e. nginx, $CIDRS allow lines + allow")
+
+declare -A RUNS LABEL SERVER TOTAL_REQ
+run_wrk() {
+    local key=$1 port=$2 auth=$3 secs=$4 out=$5
+    local args=(-t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --timeout 10s --latency)
+    [[ $auth == yes ]] && args+=(-H "$AUTH_HEADER")
+    taskset -c "$CLIENT_CPU" wrk "${args[@]}" "http://127.0.0.1:$port$PATH_REQ" >"$out" 2>&1 ||
+        die "wrk failed for $key: $(cat "$out")"
 }
 
-run_case cg_allow cartguard cg-allow "b. cartguard, client in an allow group" allow
-run_case ng_allow nginx ng-allow "b. nginx, client in allow" allow
-run_case cg_auth cartguard cg-auth "c. cartguard, Basic auth (bcrypt cost 10)" auth
-run_case ng_auth nginx ng-auth "c. nginx, Basic auth (bcrypt cost 10)" auth
-run_case cg_10k cartguard cg-10k "e. cartguard, $CIDRS CIDRs + allow group" allow
-if [[ "$NGINX_10K" == 1 ]]; then
-    run_case ng_10k nginx ng-10k "e. nginx, $CIDRS allow lines + allow" allow
-fi
+for c in "${CASES[@]}"; do
+    IFS='|' read -r key name port auth label <<<"$c"
+    LABEL[$key]=$label
+    SERVER[$key]=$name
+    RUNS[$key]=""
+    TOTAL_REQ[$key]=0
+    run_wrk "$key" "$port" "$auth" "$WARMUP" "$WORK/$key.warmup"
+done
+for round in $(seq 1 "$ROUNDS"); do
+    say "round $round/$ROUNDS"
+    for c in "${CASES[@]}"; do
+        IFS='|' read -r key name port auth label <<<"$c"
+        run_wrk "$key" "$port" "$auth" "$DURATION" "$WORK/$key.$round.wrk"
+        read -r rps p50 p99 errs n < <(parse_wrk "$WORK/$key.$round.wrk")
+        RUNS[$key]+="$rps $p50 $p99 $errs"$'\n'
+        TOTAL_REQ[$key]=$((TOTAL_REQ[$key] + n))
+        say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs"
+    done
+done
+
+# The round with the median req/s: "rps p50 p99 errors", plus "min-max" of req/s.
+declare -A RPS P50 P99 ERRS SPREAD
+for c in "${CASES[@]}"; do
+    IFS='|' read -r key _ <<<"$c"
+    read -r RPS[$key] P50[$key] P99[$key] ERRS[$key] < <(printf '%s' "${RUNS[$key]}" | sort -n -k1,1 |
+        awk '{ l[NR] = $0 } END { print l[int((NR + 1) / 2)] }')
+    SPREAD[$key]=$(printf '%s' "${RUNS[$key]}" | sort -n -k1,1 | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')
+done
+
+# Memory: peak during the rounds, and 1 s after the last load.
+declare -A HWM RSS_AFTER LOGLINES DROPPED
+sleep 1
+for c in "${CASES[@]}"; do
+    IFS='|' read -r key name _ <<<"$c"
+    HWM[$key]=$(proc_kb "${SERVE_PID[$name]}" VmHWM)
+    RSS_AFTER[$key]=$(proc_kb "${SERVE_PID[$name]}" VmRSS)
+done
+for name in cg-allow cg-auth cg-10k ng-allow ng-auth ng-10k; do
+    [[ -n "${SERVE_PID[$name]:-}" ]] || continue
+    if [[ $name == ng-* ]]; then
+        kill -USR1 "${SERVE_PID[$name]}" 2>/dev/null || true # reopen = flush the buffered log
+    fi
+done
+declare -A ADMIN=([cg-allow]=$A_ALLOW [cg-auth]=$A_AUTH [cg-10k]=$A_10K)
+for name in cg-allow cg-auth cg-10k; do
+    DROPPED[$name]=$(curl -s --max-time 5 "http://127.0.0.1:${ADMIN[$name]}/metrics" |
+        awk '$1 == "cartguard_access_log_dropped_total" { print $2 }')
+done
+sleep 1.5
+for c in "${CASES[@]}"; do
+    IFS='|' read -r key name _ <<<"$c"
+    LOGLINES[$key]=""
+    [[ -f "$WORK/$name/access.log" ]] && LOGLINES[$key]=$(wc -l <"$WORK/$name/access.log")
+done
 
 # ---------------------------------------------------------------- idle keep-alive connections
 IDLE_RESULT=()
 IDLE_RSS_CG=""
 idle_test() {
     local kind=$1 name=$2 port=$3
-    start_proxy "$kind" "$name"
+    local pid=${SERVE_PID[$name]}
     local before out
-    before=$(proc_kb "$PROXY_PID" VmRSS)
-    out=$(timeout 90 python3 - "$port" "$IDLE_CONNS" "$PROXY_PID" <<'EOF'
-import resource, selectors, socket, sys, time
+    before=$(proc_kb "$pid" VmRSS)
+    out=$(timeout 90 python3 - "$port" "$IDLE_CONNS" "$pid" <<'EOF'
+import selectors, socket, sys, time
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 def rss(field):
     for line in open(f"/proc/{pid}/status"):
@@ -500,8 +497,7 @@ try:
                 s = key.fileobj
                 data = s.recv(65536)
                 pending[s] += data
-                buf = pending[s]
-                head, sep, body = buf.partition(b"\r\n\r\n")
+                head, sep, body = pending[s].partition(b"\r\n\r\n")
                 if not data or (sep and len(body) >= 1024):
                     if sep and head.startswith(b"HTTP/1.1 200") and len(body) >= 1024:
                         ok += 1
@@ -516,7 +512,6 @@ finally:
         s.close()
 EOF
     ) || out=""
-    stop_proxy
     if [[ -z "$out" ]]; then
         IDLE_RESULT+=("| $kind | failed or timed out | | | |")
         return
@@ -535,14 +530,13 @@ if ((IDLE_CONNS > 0)); then
         say "idle test skipped: ulimit -n is $FD_LIMIT"
     else
         say "idle: $IDLE_CONNS keep-alive connections, one request each, then held open"
-        idle_test cartguard cg-allow "$P_CG"
-        idle_test nginx ng-allow "$P_NG"
+        idle_test cartguard cg-allow "$P_CG_ALLOW"
+        idle_test nginx ng-allow "$P_NG_ALLOW"
     fi
 fi
 
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
-fmt_rps() { awk -v v="${1:-0}" 'BEGIN { printf "%.0f", v }'; }
 declare -A VS_NGINX=([cg_allow]=ng_allow [cg_auth]=ng_auth [cg_10k]=ng_10k)
 
 DATE=$(date +%Y-%m-%d)
@@ -550,32 +544,35 @@ OUT="$RESULTS/$DATE.md"
 {
     echo "# cartguard vs nginx, $DATE"
     echo
-    echo "Command: \`bench/run.sh\` (DURATION=$DURATION s, WARMUP=$WARMUP s, CONNS=$CONNS, wrk -t$WRK_THREADS on loopback)."
-    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr)."
+    echo "Command: \`bench/run.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION s per case and round, CONNS=$CONNS, wrk -t$WRK_THREADS on loopback)."
+    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr), load average before the run: $LOAD_BEFORE."
     echo "Pinning: servers (proxy and upstream nginx) on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU."
-    echo "cartguard: 1 async worker thread (CARTGUARD_WORKER_THREADS=1), JSON access log to a file."
+    echo "cartguard $("$BIN" --version | awk '{print $2}'): 1 async worker thread (CARTGUARD_WORKER_THREADS=1), JSON access log to a file."
     echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'): worker_processes 1, access_log combined buffer=64k, upstream keepalive 64."
     echo "Upstream: nginx \`return 200\` with a 1024-byte JSON body. Request: GET $PATH_REQ."
+    echo "Each row is the round with the median req/s; 'req/s range' spans all rounds."
     echo
-    echo "| case | req/s | p50 ms | p99 ms | errors | peak RSS MiB | RSS after MiB | log lines | cartguard/nginx | cartguard/direct |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for key in "${ORDER[@]}"; do
+    echo "| case | req/s | req/s range | p50 ms | p99 ms | errors | peak RSS MiB | RSS after MiB | requests / log lines | cartguard/nginx | cartguard/direct |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for c in "${CASES[@]}"; do
+        IFS='|' read -r key _ <<<"$c"
         vs_ng="" vs_direct=""
         if [[ $key == cg_* ]]; then
             vs_direct=$(ratio "${RPS[$key]}" "${RPS[direct]}")
             ng=${VS_NGINX[$key]:-}
             [[ -n "$ng" && -n "${RPS[$ng]:-}" ]] && vs_ng="$(ratio "${RPS[$key]}" "${RPS[$ng]}")"
         fi
-        rss_after=""
-        [[ -n "${RSS_AFTER[$key]:-}" ]] && rss_after=$(mib "${RSS_AFTER[$key]}")
-        echo "| ${LABEL[$key]} | $(fmt_rps "${RPS[$key]}") | ${P50[$key]} | ${P99[$key]} | ${ERRS[$key]} | $(mib "${HWM[$key]}") | $rss_after | ${LOGLINES[$key]:-} | $vs_ng | $vs_direct |"
+        logs=""
+        [[ -n "${LOGLINES[$key]}" ]] && logs="${TOTAL_REQ[$key]} / ${LOGLINES[$key]}"
+        echo "| ${LABEL[$key]} | ${RPS[$key]} | ${SPREAD[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRS[$key]} | $(mib "${HWM[$key]}") | $(mib "${RSS_AFTER[$key]}") | $logs | $vs_ng | $vs_direct |"
     done
     echo
-    echo "Peak RSS is VmHWM of the process serving requests (nginx: its worker; for 'direct', the upstream's worker)."
-    echo "RSS after: VmRSS 1 s after the load stopped. Errors: non-2xx answers plus socket errors reported by wrk."
+    echo "Peak RSS: VmHWM of the process serving requests (nginx: its worker; 'direct': the upstream's worker)."
+    echo "RSS after: VmRSS 1 s after the last load. Errors: non-2xx answers plus socket errors reported by wrk."
+    echo "Log lines include warm-up and check requests. cartguard access records dropped: allow ${DROPPED[cg-allow]:-?}, auth ${DROPPED[cg-auth]:-?}, 10k ${DROPPED[cg-10k]:-?}."
     if ((${#IDLE_RESULT[@]})); then
         echo
-        echo "Idle keep-alive connections ($IDLE_CONNS, one request each, then held open 2 s):"
+        echo "Idle keep-alive connections ($IDLE_CONNS, one request each, then held open 2 s; same processes as b):"
         echo
         echo "| proxy | connections | RSS before MiB | RSS with connections MiB | peak RSS MiB |"
         echo "|---|---|---:|---:|---:|"
@@ -590,8 +587,8 @@ OUT="$RESULTS/$DATE.md"
     check "Basic auth ≥ 20 × nginx: $(ratio "${RPS[cg_auth]}" "${RPS[ng_auth]}")×" "${RPS[cg_auth]} >= 20 * ${RPS[ng_auth]}"
     check "Basic auth ≥ 0.9 × cartguard allowlisted: $(ratio "${RPS[cg_auth]}" "${RPS[cg_allow]}")×" "${RPS[cg_auth]} >= 0.9 * ${RPS[cg_allow]}"
     check "$CIDRS CIDRs ≥ 0.95 × 2 CIDRs: $(ratio "${RPS[cg_10k]}" "${RPS[cg_allow]}")×" "${RPS[cg_10k]} >= 0.95 * ${RPS[cg_allow]}"
-    check "RSS after the run < 15 MiB: $(mib "${RSS_AFTER[cg_allow]}") MiB (allowlisted), $(mib "${RSS_AFTER[cg_10k]}") MiB ($CIDRS CIDRs)" \
-        "${RSS_AFTER[cg_allow]} < 15360 && ${RSS_AFTER[cg_10k]} < 15360"
+    check "RSS after the run < 15 MiB: $(mib "${RSS_AFTER[cg_allow]}") MiB (allowlisted), $(mib "${RSS_AFTER[cg_auth]}") MiB (Basic), $(mib "${RSS_AFTER[cg_10k]}") MiB ($CIDRS CIDRs)" \
+        "${RSS_AFTER[cg_allow]} < 15360 && ${RSS_AFTER[cg_auth]} < 15360 && ${RSS_AFTER[cg_10k]} < 15360"
     if [[ -n "$IDLE_RSS_CG" ]]; then
         check "RSS with $IDLE_CONNS idle keep-alive connections < 64 MiB: $(mib "$IDLE_RSS_CG") MiB" "$IDLE_RSS_CG < 65536"
     else

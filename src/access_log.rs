@@ -164,7 +164,7 @@ impl AccessRecord {
     }
 }
 
-fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*t))
 }
 
@@ -309,7 +309,7 @@ pub fn format_record(r: &AccessRecord, format: LogFormat, out: &mut Vec<u8>) {
                 s,
                 "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rule=\"{}\" decision={} source={} group=\"{}\" peer={} rid={} duration_ms={:.3}",
                 r.client_ip,
-                r.user.as_deref().map(escape_combined).unwrap_or_else(|| "-".into()),
+                combined_user(r.user.as_deref()),
                 clf_time(r.time),
                 escape_combined(&r.method),
                 escape_combined(&r.path),
@@ -356,6 +356,15 @@ fn escape_json_extras(out: &mut Vec<u8>) {
     *out = fixed.into_bytes();
 }
 
+/// The unquoted `%u` field: one token whatever the client sent (an empty name
+/// would leave two spaces, a space would shift every field after it).
+fn combined_user(user: Option<&str>) -> String {
+    match user {
+        None | Some("") => "-".into(),
+        Some(u) => escape_combined(u).replace(' ', "\\x20"),
+    }
+}
+
 /// Quotes, backslashes and every control or non-ASCII byte become `\xHH`.
 pub fn escape_combined(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -372,6 +381,13 @@ pub fn escape_combined(s: &str) -> String {
 /// Replaces the value of every query parameter whose name looks secret.
 pub fn redact_query(query: &str) -> String {
     const SECRET_WORDS: [&str; 7] = ["key", "secret", "token", "password", "pass", "signature", "sig"];
+    // Fast path: with no escapes and no secret word anywhere, no name can need redacting.
+    if !query.contains('%') {
+        let lower = query.to_ascii_lowercase();
+        if !SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+            return query.to_string();
+        }
+    }
     query
         .split('&')
         .map(|pair| {
@@ -414,7 +430,27 @@ fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
 /// `2026-11-29T04:43:04.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
     let (y, mo, d, h, mi, s, ms) = parts(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
+    }
+    // By hand: this runs for every access record, and `format!` costs several times more.
+    let mut out = String::with_capacity(24);
+    push_2(&mut out, y as u64 / 100);
+    push_2(&mut out, y as u64 % 100);
+    for (c, v) in [('-', u64::from(mo)), ('-', u64::from(d)), ('T', h), (':', mi), (':', s)] {
+        out.push(c);
+        push_2(&mut out, v);
+    }
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100 % 10) as u8));
+    push_2(&mut out, u64::from(ms % 100));
+    out.push('Z');
+    out
+}
+
+fn push_2(out: &mut String, v: u64) {
+    out.push(char::from(b'0' + (v / 10 % 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
 }
 
 /// `29/Nov/2026:04:43:04 +0000`
@@ -489,6 +525,20 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("50.18.194.14 - - [29/Nov/2026:04:43:04 +0000] \"GET /a\\x0ab HTTP/1.1\" 200 12 \"-\" \"evil\\x0d\\x0a\\x1b[31m\\x22x\""), "{line}");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn combined_user_is_always_one_token() {
+        for (user, want) in
+            [(None, "-"), (Some(""), "-"), (Some("two words"), "two\\x20words"), (Some("a\nb"), "a\\x0ab")]
+        {
+            let mut r = record();
+            r.user = user.map(str::to_string);
+            let mut out = Vec::new();
+            format_record(&r, LogFormat::Combined, &mut out);
+            let line = String::from_utf8(out).unwrap();
+            assert!(line.starts_with(&format!("50.18.194.14 - {want} [")), "{line}");
+        }
     }
 
     #[test]

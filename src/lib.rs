@@ -114,8 +114,12 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let old = shared.runtime.load();
     let mut restart = Vec::new();
-    if config.listeners != old.config.listeners {
-        restart.push("listener changes (addresses, TLS files list, proxy_protocol) need a restart");
+    // Certificate files are re-read in place; what needs new sockets or acceptors is the rest.
+    let shape = |c: &Config| {
+        c.listeners.iter().map(|l| (l.addr, l.certs.is_empty(), l.proxy_protocol, l.redirect_https)).collect::<Vec<_>>()
+    };
+    if shape(&config) != shape(&old.config) {
+        restart.push("listener changes (addresses, TLS on/off, proxy_protocol, redirect_https) need a restart");
     }
     if config.status.listen != old.config.status.listen {
         restart.push("status.listen changes need a restart");

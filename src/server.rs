@@ -262,8 +262,10 @@ async fn serve_http<I>(
         let shared = shared.clone();
         let info = info.clone();
         let guard = in_flight.request();
+        // Boxed: an idle keep-alive connection then holds a pointer, not a
+        // request-sized future, in its in-flight slot.
         async move {
-            let resp = proxy::handle(shared, info, req).await;
+            let resp = Box::pin(proxy::handle(shared, info, req)).await;
             drop(guard);
             resp
         }
@@ -310,6 +312,10 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests waiting for the cart's response head: silence then is not the client's fault.
     upstream_waits: AtomicUsize,
+    /// Requests started on this connection.
+    served: AtomicU64,
+    /// Bytes read since the connection last had no request in flight.
+    read_since_idle: AtomicU64,
 }
 
 impl Activity {
@@ -319,6 +325,8 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             upstream_waits: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            read_since_idle: AtomicU64::new(0),
         }
     }
     fn touch(&self) {
@@ -338,7 +346,15 @@ impl Activity {
         self.upstream_waits.fetch_add(1, Ordering::Relaxed);
         UpstreamWait(self.clone())
     }
+    /// A keep-alive connection waiting for a next request that never started:
+    /// hyper's header timer runs then too, but that is no slow request.
+    fn idle_keep_alive(&self) -> bool {
+        self.served.load(Ordering::Relaxed) > 0
+            && self.in_flight() == 0
+            && self.read_since_idle.load(Ordering::Relaxed) == 0
+    }
     fn request(self: &Arc<Self>) -> RequestGuard {
+        self.served.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
@@ -357,7 +373,9 @@ struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.read_since_idle.store(0, Ordering::Relaxed);
+        }
         self.0.touch();
     }
 }
@@ -380,6 +398,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.touch();
+            self.activity.read_since_idle.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         }
         r
     }
@@ -426,6 +445,9 @@ fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error
         (431, format!("request head too large, refused by the HTTP parser: {h}"))
     } else if h.is_parse() {
         (400, format!("malformed request refused by the HTTP parser: {h}"))
+    } else if h.is_timeout() && info.activity.idle_keep_alive() {
+        tracing::debug!(peer = %info.peer, listener = %info.listener, "idle keep-alive connection closed by the header timeout");
+        return;
     } else if h.is_timeout() {
         (408, "request headers not received within limits.header_timeout".to_string())
     } else {

@@ -97,7 +97,9 @@ pub struct GroupStats {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupLast {
-    pub at: String,
+    /// Formatted only when /status asks, not on every request.
+    #[serde(serialize_with = "crate::access_log::ser_time")]
+    pub at: SystemTime,
     pub client_ip: String,
     pub path: String,
     pub status: u16,

@@ -149,7 +149,7 @@ pub fn status_json(shared: &Shared) -> Value {
                 "name": g.name,
                 "cidrs": g.set.cidrs().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "requests": s.requests.load(Ordering::Relaxed),
-                "last_seen_at": last.as_ref().map(|l| l.at.clone()),
+                "last_seen_at": last.as_ref().map(|l| crate::access_log::rfc3339(l.at)),
                 "last_client_ip": last.as_ref().map(|l| l.client_ip.clone()),
                 "last_path": last.as_ref().map(|l| l.path.clone()),
                 "last_status": last.as_ref().map(|l| l.status),

@@ -141,4 +141,41 @@ mod tests {
         let c = Credentials { user: "u".into(), password: "hunter2".into() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Any user without a colon and any password survive encode → parse,
+            /// whatever the scheme's case and the surrounding blanks.
+            #[test]
+            fn encoded_credentials_round_trip(
+                user in "[^:]{0,64}",
+                password in ".{0,128}",
+                scheme in prop::sample::select(vec!["Basic", "basic", "BASIC", "bAsIc"]),
+                before in "[ \t]{0,3}",
+                between in "[ \t]{0,3}",
+                after in "[ \t]{0,3}",
+            ) {
+                let value = format!("{before}{scheme} {between}{}{after}", b64(format!("{user}:{password}").as_bytes()));
+                let c = parse_value(value.as_bytes()).unwrap();
+                prop_assert_eq!(c.user, user);
+                prop_assert_eq!(c.password, password);
+            }
+
+            /// Whatever the bytes, Ok means the value (trimmed) starts with "basic ".
+            #[test]
+            fn only_basic_is_accepted(value in prop::collection::vec(any::<u8>(), 0..64), basic in any::<bool>()) {
+                let value = if basic { [b"Basic ".to_vec(), value].concat() } else { value };
+                if let Ok(c) = parse_value(&value) {
+                    let t = trim(&value);
+                    prop_assert!(t.len() >= 6 && t[..6].eq_ignore_ascii_case(b"basic "), "{:?}", value);
+                    prop_assert!(!c.user.contains(':'));
+                }
+            }
+        }
+    }
 }

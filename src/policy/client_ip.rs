@@ -270,4 +270,98 @@ mod tests {
         let r = resolve(&c, ip("127.0.0.1"), &headers("x-real-ip", &["54.241.171.180, 1.2.3.4"]));
         assert_eq!(r.ip, ip("127.0.0.1"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::Ipv4Addr;
+
+        /// A hop as a proxy writes it: the address, with a port sometimes.
+        fn written(ip: Ipv4Addr, port: Option<u16>, forwarded: bool) -> String {
+            match (port, forwarded) {
+                (None, false) => ip.to_string(),
+                (Some(p), false) => format!("{ip}:{p}"),
+                (None, true) => format!("for={ip}"),
+                (Some(p), true) => format!("for=\"{ip}:{p}\";proto=https"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// X-Forwarded-For and Forwarded, one line or several: the client is the
+            /// rightmost hop that is not a trusted proxy (the leftmost if all are).
+            #[test]
+            fn client_is_the_rightmost_untrusted_hop(
+                hops in prop::collection::vec(
+                    (any::<u32>().prop_map(Ipv4Addr::from), any::<bool>(), prop::option::of(any::<u16>()), any::<bool>()),
+                    1..10,
+                ),
+                forwarded in any::<bool>(),
+            ) {
+                // Trusted: the peer plus a random subset of the hops.
+                let trusted: Vec<String> = std::iter::once("127.0.0.1/32".to_string())
+                    .chain(hops.iter().filter(|h| h.1).map(|h| format!("{}/32", h.0)))
+                    .collect();
+                let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+                let header = if forwarded { IpHeader::Forwarded } else { IpHeader::XForwardedFor };
+                let c = cfg(&trusted, header);
+                // Split the list into header lines where the generator says so.
+                let mut lines = vec![Vec::new()];
+                for (i, (ip, _, port, new_line)) in hops.iter().enumerate() {
+                    if *new_line && i > 0 {
+                        lines.push(Vec::new());
+                    }
+                    lines.last_mut().unwrap().push(written(*ip, *port, forwarded));
+                }
+                let lines: Vec<String> = lines.iter().map(|l| l.join(", ")).collect();
+                let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+                let r = resolve(&c, ip("127.0.0.1"), &headers(if forwarded { "forwarded" } else { "x-forwarded-for" }, &lines));
+
+                let ips: Vec<IpAddr> = hops.iter().map(|h| IpAddr::V4(h.0)).collect();
+                let want = ips.iter().rposition(|a| !c.trusted_proxies.contains(*a)).unwrap_or(0);
+                prop_assert_eq!(&r.how, &Resolution::Header);
+                prop_assert_eq!(r.ip, ips[want], "{:?}", lines);
+                prop_assert_eq!(&r.chain, &ips[want..].to_vec());
+                prop_assert!(r.peer_trusted);
+            }
+
+            /// A peer that is not a trusted proxy is the client, whatever it sends.
+            #[test]
+            fn untrusted_peer_is_always_itself(
+                peer in any::<IpAddr>(),
+                values in prop::collection::vec(
+                    prop_oneof![
+                        Just("50.18.194.14".to_string()),
+                        Just("for=54.241.171.180".to_string()),
+                        Just("127.0.0.1, 50.18.194.14".to_string()),
+                        any::<Ipv4Addr>().prop_map(|a| a.to_string()),
+                        "[ -~]{0,40}",
+                    ],
+                    0..4,
+                ),
+                which in 0..3usize,
+            ) {
+                let trusted = ["127.0.0.0/8", "10.0.0.0/8", "::1/128", "2001:db8::/32"];
+                let header = [
+                    IpHeader::XForwardedFor,
+                    IpHeader::Forwarded,
+                    IpHeader::Single(HeaderName::from_static("x-real-ip")),
+                ][which].clone();
+                let c = cfg(&trusted, header);
+                prop_assume!(!c.trusted_proxies.contains(peer));
+                let mut h = HeaderMap::new();
+                for name in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+                    for v in &values {
+                        h.append(HeaderName::from_static(name), HeaderValue::from_str(v).unwrap());
+                    }
+                }
+                let r = resolve(&c, peer, &h);
+                prop_assert_eq!(r.ip, peer.to_canonical());
+                prop_assert_eq!(r.how, Resolution::Peer);
+                prop_assert!(!r.peer_trusted);
+                prop_assert!(r.chain.is_empty());
+            }
+        }
+    }
 }

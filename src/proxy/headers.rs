@@ -11,35 +11,36 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::client_ip::ClientAddr;
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+// Names are parsed once here, not on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers a client could use to lie about itself to the cart (carts and
 /// plugins read several of these to find the client address or HTTPS).
-const FORWARDING: [&str; 14] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "front-end-https",
-    "forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "x-cluster-client-ip",
-    "x-request-id",
+static FORWARDING: [HeaderName; 14] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-request-id"),
 ];
 
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -53,7 +54,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -69,31 +70,65 @@ pub struct Forwarding<'a> {
 /// peer), or to the client alone; X-Real-IP to the client; proto, host and id.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
     // Behind a TLS-terminating load balancer (a trusted proxy) the scheme it saw is the truth.
-    let proto = match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+    let proto = match headers.get(&FORWARDING[1]).map(|v| v.as_bytes()) {
         Some(b"https") if f.client.peer_trusted => "https",
         Some(b"http") if f.client.peer_trusted => "http",
         _ => f.proto,
     };
-    for name in FORWARDING {
+    for name in &FORWARDING {
         headers.remove(name);
     }
-    let mut chain: Vec<IpAddr> = if f.client.chain.is_empty() { vec![f.client.ip] } else { f.client.chain.clone() };
+    let real_ip = ip_string(f.client.ip);
+    let mut xff = String::new();
+    for ip in &f.client.chain {
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&ip_string(*ip));
+    }
+    if xff.is_empty() {
+        xff.push_str(&real_ip);
+    }
     if f.client.peer_trusted && f.client.ip != f.client.peer {
-        chain.push(f.client.peer);
+        xff.push_str(", ");
+        xff.push_str(&ip_string(f.client.peer));
     }
-    let xff = chain.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ");
-    insert(headers, "x-forwarded-for", &xff);
-    insert(headers, "x-real-ip", &f.client.ip.to_string());
-    insert(headers, "x-forwarded-proto", proto);
+    insert(headers, &FORWARDING[0], &xff);
+    insert(headers, &FORWARDING[8], &real_ip);
+    insert(headers, &FORWARDING[1], proto);
     if let Some(host) = f.host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        headers.insert(FORWARDING[2].clone(), host.clone());
     }
-    insert(headers, "x-request-id", f.request_id);
+    insert(headers, &FORWARDING[13], f.request_id);
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// An address as text, like `Display`, with IPv4 (the common case) done by hand:
+/// std's formatter costs more than the rest of building a header.
+pub fn ip_string(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(_) => ip.to_string(),
     }
 }
 
@@ -176,5 +211,14 @@ mod tests {
         let mut h = map(&[("x-forwarded-proto", "https")]);
         set_forwarding(&mut h, &Forwarding { client: &client, proto: "http", host: None, request_id: "a" });
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn ip_string_matches_display() {
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "50.18.194.14", "::1", "2001:db8::7", "::ffff:1.2.3.4"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
     }
 }

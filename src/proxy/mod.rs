@@ -80,11 +80,11 @@ pub async fn handle(
     let text = |name: header::HeaderName| {
         req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
     };
-    let record = AccessRecord {
+    let mut record = AccessRecord {
         time: SystemTime::now(),
         request_id: request_id.clone(),
-        client_ip: conn.peer.ip().to_canonical().to_string(),
-        peer_ip: conn.peer.ip().to_canonical().to_string(),
+        client_ip: String::new(),
+        peer_ip: headers::ip_string(conn.peer.ip().to_canonical()),
         listener: conn.listener.to_string(),
         protocol: protocol(req.version()),
         tls: conn.tls,
@@ -107,6 +107,7 @@ pub async fn handle(
         referer: truncate(&text(header::REFERER), 1024),
         error: Some("client closed the connection before the response".into()),
     };
+    record.client_ip.clone_from(&record.peer_ip);
     let mut pending = Box::new(Pending {
         shared: shared.clone(),
         runtime: runtime.clone(),
@@ -138,7 +139,9 @@ pub async fn handle(
         client = %client.ip,
         "client address"
     );
-    pending.record.client_ip = client.ip.to_string();
+    if client.ip != conn.peer.ip().to_canonical() {
+        pending.record.client_ip = headers::ip_string(client.ip);
+    }
     pending.rule = decision.rule;
     pending.member_of = decision.member_of;
     pending.record.rule = decision.rule.map(|i| config.policy.rules[i].name.clone());
@@ -183,6 +186,11 @@ pub async fn handle(
             pending.record.decision = r.decision;
             Ok(r.decision)
         }
+        Ok(label) => {
+            // Forwarded as decided: drop the "client closed" placeholder (the report-mode note above stays).
+            pending.record.error = None;
+            Ok(label)
+        }
         other => other,
     };
     match verdict {
@@ -201,9 +209,6 @@ pub async fn handle(
         }
         Ok(label) => {
             pending.record.decision = label;
-            if enforce {
-                pending.record.error = None;
-            }
             let Some(path) = decision.path.as_ref() else {
                 return Ok(answer(
                     pending,

@@ -43,11 +43,11 @@ impl Drop for Pending {
             }
         }
         if self.member_of != 0 {
-            let at = crate::access_log::rfc3339(SystemTime::now());
+            let at = SystemTime::now();
             for (i, g) in self.runtime.group_stats.iter().enumerate() {
                 if self.member_of & (1 << i) != 0 {
                     g.seen(GroupLast {
-                        at: at.clone(),
+                        at,
                         client_ip: r.client_ip.clone(),
                         path: r.path.clone(),
                         status: r.status,

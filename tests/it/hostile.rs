@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::*;
+use crate::logging::{complete_lines, record, records};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -96,7 +97,7 @@ async fn malformed_authorization_forms_are_401_or_400_and_never_forwarded() {
         if r.status == 401 {
             assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"Restricted\", charset=\"UTF-8\""), "{name}");
         }
-        let rec = g.record(i + 1).await;
+        let rec = record(&g, i + 1).await;
         assert_eq!(rec["status"], *want, "{name}: {rec}");
         assert!(matches!(rec["decision"].as_str(), Some("auth_fail" | "challenge" | "bad_request")), "{name}: {rec}");
         assert_eq!(rec["source"], "guard", "{name}");
@@ -118,7 +119,7 @@ async fn two_authorization_headers_are_400_even_with_the_right_password_second()
             .send()
             .await;
         assert_eq!(r.status, 400, "case {n}: {}", r.text());
-        let rec = g.record(n + 1).await;
+        let rec = record(&g, n + 1).await;
         assert_eq!(rec["decision"], "bad_request");
         assert_eq!(rec["user"], serde_json::Value::Null);
     }
@@ -146,7 +147,7 @@ async fn three_failures_ban_the_address_even_with_the_right_password() {
     assert_eq!(r.status, 429, "{}", r.text());
     let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
-    let rec = g.record(4).await;
+    let rec = record(&g, 4).await;
     assert_eq!(rec["decision"], "banned");
     assert_eq!(rec["status"], 429);
     assert_eq!(rec["client_ip"], "127.0.0.3");
@@ -200,7 +201,7 @@ async fn allowlisted_clients_are_never_banned() {
     let ips: Vec<&str> = status["bans"].as_array().unwrap().iter().filter_map(|b| b["ip"].as_str()).collect();
     assert!(!ips.contains(&"50.18.194.14"), "{ips:?}");
     assert!(!ips.contains(&"127.0.0.100"), "{ips:?}");
-    let lines = g.log_lines(14).await;
+    let lines = records(&g, 14).await;
     let admitted: Vec<_> = lines.iter().filter(|l| l["status"] == 200).collect();
     assert_eq!(admitted.len(), 10);
     assert!(admitted.iter().all(|l| l["decision"] == "allow" && l["user"].is_null()), "{admitted:#?}");
@@ -243,7 +244,7 @@ async fn login_on_one_keep_alive_request_admits_nothing_else_on_the_connection()
     assert_eq!((r1.status, r2.status), (200, 401));
     assert_eq!(g.upstream.count(), 2);
     assert_eq!(g.upstream.last().target, "/shop/3");
-    let lines = g.log_lines(5).await;
+    let lines = records(&g, 5).await;
     let decisions: Vec<&str> = lines.iter().map(|l| l["decision"].as_str().unwrap()).collect();
     assert_eq!(decisions, ["auth_ok", "challenge", "challenge", "auth_ok", "challenge"]);
 }
@@ -360,7 +361,7 @@ async fn smuggling_and_malformed_http_are_refused_and_never_forwarded() {
         let status = reply.as_ref().map(|r| r.status);
         assert!(status.is_some_and(|s| c.want.contains(&s)), "{}: got {status:?}, want {:?}", c.name, c.want);
         assert_eq!(g.upstream.count(), 0, "{}: forwarded: {:?}", c.name, g.upstream.requests());
-        let rec = g.record(i + 1).await;
+        let rec = record(&g, i + 1).await;
         assert_eq!(rec["decision"], "bad_request", "{}: {rec}", c.name);
         assert_eq!(rec["status"], status.unwrap(), "{}: {rec}", c.name);
         assert_eq!(rec["client_ip"], "127.0.0.2", "{}: {rec}", c.name);
@@ -371,7 +372,7 @@ async fn smuggling_and_malformed_http_are_refused_and_never_forwarded() {
     eprintln!("{}", layers.join("\n"));
     // One record per case, nothing more (no second record when the connection closes).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(g.raw_log_lines(0).await.len(), malformed_cases().len());
+    assert_eq!(complete_lines(&g, 0).await.len(), malformed_cases().len());
     assert_eq!(g.upstream.count(), 0);
     // The guard still serves normally afterwards.
     assert_eq!(client_from("127.0.0.2").get(g.addr(), "/shop").send().await.status, 200);
