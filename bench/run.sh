@@ -35,6 +35,7 @@ CIDRS=10000
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS="$ROOT/bench/results"
 SCRIPT_START=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -441,18 +442,12 @@ for c in "${CASES[@]}"; do
     HWM[$key]=$(proc_kb "${SERVE_PID[$name]}" VmHWM)
     RSS_AFTER[$key]=$(proc_kb "${SERVE_PID[$name]}" VmRSS)
 done
-for name in cg-allow cg-auth cg-10k ng-allow ng-auth ng-10k; do
-    [[ -n "${SERVE_PID[$name]:-}" ]] || continue
-    if [[ $name == ng-* ]]; then
-        kill -USR1 "${SERVE_PID[$name]}" 2>/dev/null || true # reopen = flush the buffered log
-    fi
-done
 declare -A ADMIN=([cg-allow]=$A_ALLOW [cg-auth]=$A_AUTH [cg-10k]=$A_10K)
 for name in cg-allow cg-auth cg-10k; do
     DROPPED[$name]=$(curl -s --max-time 5 "http://127.0.0.1:${ADMIN[$name]}/metrics" |
         awk '$1 == "cartguard_access_log_dropped_total" { print $2 }')
 done
-sleep 1.5
+sleep 1.5 # nginx flushes its buffered log within 1 s
 for c in "${CASES[@]}"; do
     IFS='|' read -r key name _ <<<"$c"
     LOGLINES[$key]=""
@@ -584,7 +579,11 @@ OUT="$RESULTS/$DATE.md"
     check() { if awk "BEGIN { exit !($2) }"; then echo "- [x] $1"; else echo "- [ ] $1 (missed)"; fi; }
     check "allowlisted ≥ 1.1 × nginx: $(ratio "${RPS[cg_allow]}" "${RPS[ng_allow]}")×" "${RPS[cg_allow]} >= 1.1 * ${RPS[ng_allow]}"
     check "allowlisted p99 ≤ nginx: ${P99[cg_allow]} ms vs ${P99[ng_allow]} ms" "${P99[cg_allow]} <= ${P99[ng_allow]}"
-    check "Basic auth ≥ 20 × nginx: $(ratio "${RPS[cg_auth]}" "${RPS[ng_auth]}")×" "${RPS[cg_auth]} >= 20 * ${RPS[ng_auth]}"
+    if ((RPS[ng_auth] > 0)); then
+        check "Basic auth ≥ 20 × nginx: $(ratio "${RPS[cg_auth]}" "${RPS[ng_auth]}")×" "${RPS[cg_auth]} >= 20 * ${RPS[ng_auth]}"
+    else
+        echo "- [ ] Basic auth ≥ 20 × nginx: nginx completed no request within ${DURATION} s (bcrypt per request); use a longer DURATION"
+    fi
     check "Basic auth ≥ 0.9 × cartguard allowlisted: $(ratio "${RPS[cg_auth]}" "${RPS[cg_allow]}")×" "${RPS[cg_auth]} >= 0.9 * ${RPS[cg_allow]}"
     check "$CIDRS CIDRs ≥ 0.95 × 2 CIDRs: $(ratio "${RPS[cg_10k]}" "${RPS[cg_allow]}")×" "${RPS[cg_10k]} >= 0.95 * ${RPS[cg_allow]}"
     check "RSS after the run < 15 MiB: $(mib "${RSS_AFTER[cg_allow]}") MiB (allowlisted), $(mib "${RSS_AFTER[cg_auth]}") MiB (Basic), $(mib "${RSS_AFTER[cg_10k]}") MiB ($CIDRS CIDRs)" \

@@ -207,13 +207,14 @@ forget_pid() {
     PIDS=("${keep[@]}")
 }
 
-# bounded SECONDS CMD...: runs CMD under `timeout` in the background and waits, so
-# INT/TERM reach the traps at once and cleanup stops CMD (a foreground child
-# would delay the traps until it ended). Returns CMD's exit status.
+# bounded SECONDS OUTFILE CMD...: runs CMD under `timeout` in the background, its
+# output to OUTFILE, and waits, so INT/TERM reach the traps at once and cleanup
+# stops CMD (a foreground child would delay the traps until it ended; redirecting
+# the call itself would send the traps' messages to OUTFILE). Returns CMD's status.
 bounded() {
-    local secs=$1 pid rc=0
-    shift
-    timeout "$secs" "$@" &
+    local secs=$1 out=$2 pid rc=0
+    shift 2
+    timeout "$secs" "$@" >"$out" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait "$pid" || rc=$?
@@ -327,8 +328,8 @@ slow_attack() {
     PIDS+=("$probe_pid")
     sleep 1 # one probe before the attack as a baseline
     local rc=0
-    bounded $((ATTACK_SECONDS + 60)) slowhttptest "-$mode" -c "$CONNS" -r 100 -p 3 -l "$ATTACK_SECONDS" \
-        -g -o "$out" "$@" >"$out.log" 2>&1 || rc=$?
+    bounded $((ATTACK_SECONDS + 60)) "$out.log" slowhttptest "-$mode" -c "$CONNS" -r 100 -p 3 \
+        -l "$ATTACK_SECONDS" -g -o "$out" "$@" || rc=$?
     touch "$WORK/stop-probe"
     wait "$probe_pid" || true
     forget_pid "$probe_pid"
@@ -339,7 +340,7 @@ slow_attack() {
     if [[ -f "$out.csv" ]]; then
         read -r peak closed down <<<"$(slow_stats "$out.csv")"
     else
-        peak=? closed=? down=?
+        peak='?' closed='?' down='?'
     fi
     read -r total ok failed max max_connect max_ttfb <<<"$(probe_stats "$probe")"
     SUMMARY+=("slowhttptest -$mode $name: $CONNS conns ${ATTACK_SECONDS}s; peak connected $peak, closed $closed; slowhttptest's probe saw the service down ${down}s; ${ended:-no end line}, ${exit_status:-rc=$rc}")
@@ -391,8 +392,8 @@ SUMMARY+=("guard log: ${stalled:-0} stalled connections cut (idle_timeout, reque
 say "sslyze --mozilla_config=intermediate localhost:$P_TLS{127.0.0.1}"
 sslyze_version=$("$SSLYZE" --help 2>/dev/null | grep -a -o 'SSLyze version [0-9.]*' | head -n 1 || true)
 rc=0
-bounded 300 "$SSLYZE" --mozilla_config=intermediate --certinfo_ca_file "$WORK/cert.pem" \
-    --json_out "$WORK/sslyze.json" "localhost:$P_TLS{127.0.0.1}" >"$WORK/sslyze.out" 2>&1 || rc=$?
+bounded 300 "$WORK/sslyze.out" "$SSLYZE" --mozilla_config=intermediate --certinfo_ca_file "$WORK/cert.pem" \
+    --json_out "$WORK/sslyze.json" "localhost:$P_TLS{127.0.0.1}" || rc=$?
 compliance=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/sslyze.out" | awk '/COMPLIANCE AGAINST/ { on = 1 } on' || true)
 accepted=$(python3 - "$WORK/sslyze.json" <<'EOF' 2>/dev/null || true
 import json, sys
@@ -428,7 +429,7 @@ fi
 say "h2load -n $H2_REQUESTS -c 20 -m 10 https://127.0.0.1:$P_TLS/h2/"
 h2_version=$(h2load --version 2>/dev/null | head -n 1 || true)
 rc=0
-bounded 180 h2load -n "$H2_REQUESTS" -c 20 -m 10 "https://127.0.0.1:$P_TLS/h2/" >"$WORK/h2load.out" 2>&1 || rc=$?
+bounded 180 "$WORK/h2load.out" h2load -n "$H2_REQUESTS" -c 20 -m 10 "https://127.0.0.1:$P_TLS/h2/" || rc=$?
 proto=$(sed -n 's/^Application protocol: *//p' "$WORK/h2load.out" | head -n 1)
 finished=$(grep -a '^finished in' "$WORK/h2load.out" | head -n 1 || true)
 reqline=$(grep -a '^requests:' "$WORK/h2load.out" | head -n 1 || true)
