@@ -396,6 +396,28 @@ CASES=(
 )
 [[ "$NGINX_10K" == 1 ]] && CASES+=("ng_10k|ng-10k|$P_NG_10K|no|e. nginx, $CIDRS allow lines + allow")
 
+# CPU ticks used so far by every server process.
+server_ticks() {
+    local t=0 pid
+    for pid in "${SERVE_PID[@]}"; do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+# Waits (at most 30 s) until the servers are idle: nginx keeps hashing bcrypt for
+# requests whose client has gone, which would otherwise eat into the next case.
+settle() {
+    local before after
+    before=$(server_ticks)
+    for _ in $(seq 1 60); do
+        sleep 0.5
+        after=$(server_ticks)
+        ((after - before <= 2)) && return 0
+        before=$after
+    done
+    say "  warning: servers still busy after 30 s"
+}
+
 declare -A RUNS LABEL SERVER TOTAL_REQ
 run_wrk() {
     local key=$1 port=$2 auth=$3 secs=$4 out=$5
@@ -412,11 +434,13 @@ for c in "${CASES[@]}"; do
     RUNS[$key]=""
     TOTAL_REQ[$key]=0
     run_wrk "$key" "$port" "$auth" "$WARMUP" "$WORK/$key.warmup"
+    settle
 done
 for round in $(seq 1 "$ROUNDS"); do
     say "round $round/$ROUNDS"
     for c in "${CASES[@]}"; do
         IFS='|' read -r key name port auth label <<<"$c"
+        settle
         run_wrk "$key" "$port" "$auth" "$DURATION" "$WORK/$key.$round.wrk"
         read -r rps p50 p99 errs n < <(parse_wrk "$WORK/$key.$round.wrk")
         RUNS[$key]+="$rps $p50 $p99 $errs"$'\n'

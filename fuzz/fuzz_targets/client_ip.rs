@@ -22,11 +22,10 @@ const UNTRUSTED_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1))
 fn configs() -> &'static [ClientIpConfig; 3] {
     static CONFIGS: OnceLock<[ClientIpConfig; 3]> = OnceLock::new();
     CONFIGS.get_or_init(|| {
-        // 127.0.0.1/32 as in the brief; two more ranges so that the seed corpus
+        // 127.0.0.1/32 (the peer) and two more ranges, so that the seed corpus
         // (10.x and 2001:db8:ffff:: hops) exercises the "skip trusted hops" walk.
-        let trusted = || {
-            IpSet::new(["127.0.0.1/32", "10.0.0.0/8", "2001:db8:ffff::/48"].iter().map(|c| c.parse().unwrap()))
-        };
+        let trusted =
+            || IpSet::new(["127.0.0.1/32", "10.0.0.0/8", "2001:db8:ffff::/48"].iter().map(|c| c.parse().unwrap()));
         [
             ClientIpConfig { trusted_proxies: trusted(), header: IpHeader::XForwardedFor },
             ClientIpConfig { trusted_proxies: trusted(), header: IpHeader::Forwarded },

@@ -160,7 +160,8 @@ mod tests {
                 between in "[ \t]{0,3}",
                 after in "[ \t]{0,3}",
             ) {
-                let value = format!("{before}{scheme} {between}{}{after}", b64(format!("{user}:{password}").as_bytes()));
+                let token = b64(format!("{user}:{password}").as_bytes());
+                let value = format!("{before}{scheme} {between}{token}{after}");
                 let c = parse_value(value.as_bytes()).unwrap();
                 prop_assert_eq!(c.user, user);
                 prop_assert_eq!(c.password, password);

@@ -145,12 +145,12 @@ fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
             if found.is_some() {
                 return None;
             }
-            let value = match value.strip_prefix('"') {
-                Some(rest) => rest.strip_suffix('"')?,
-                None => value,
+            let (value, quoted) = match value.strip_prefix('"') {
+                Some(rest) => (rest.strip_suffix('"')?, true),
+                None => (value, false),
             };
             // Unquoted IPv6 is invalid in RFC 7239 (the colon); bracketed forms must be quoted.
-            if value.contains(':') && !element.contains('"') {
+            if value.contains(':') && !quoted {
                 return None;
             }
             found = Some(parse_addr(value)?);
@@ -254,6 +254,7 @@ mod tests {
             "for=2001:db8::1",
             "for=\"[2001:db8::1\"",
             "for=1.2.3.4;for=5.6.7.8",
+            "for=2001:db8::1;by=\"x\"",
         ] {
             let r = resolve(&c, ip("127.0.0.1"), &headers("forwarded", &[bad]));
             assert_eq!(r.ip, ip("127.0.0.1"), "{bad}");
@@ -294,7 +295,12 @@ mod tests {
             #[test]
             fn client_is_the_rightmost_untrusted_hop(
                 hops in prop::collection::vec(
-                    (any::<u32>().prop_map(Ipv4Addr::from), any::<bool>(), prop::option::of(any::<u16>()), any::<bool>()),
+                    (
+                        any::<u32>().prop_map(Ipv4Addr::from),
+                        any::<bool>(),
+                        prop::option::of(any::<u16>()),
+                        any::<bool>(),
+                    ),
                     1..10,
                 ),
                 forwarded in any::<bool>(),
@@ -316,7 +322,8 @@ mod tests {
                 }
                 let lines: Vec<String> = lines.iter().map(|l| l.join(", ")).collect();
                 let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-                let r = resolve(&c, ip("127.0.0.1"), &headers(if forwarded { "forwarded" } else { "x-forwarded-for" }, &lines));
+                let name = if forwarded { "forwarded" } else { "x-forwarded-for" };
+                let r = resolve(&c, ip("127.0.0.1"), &headers(name, &lines));
 
                 let ips: Vec<IpAddr> = hops.iter().map(|h| IpAddr::V4(h.0)).collect();
                 let want = ips.iter().rposition(|a| !c.trusted_proxies.contains(*a)).unwrap_or(0);
