@@ -291,7 +291,9 @@ impl TestGuard {
     pub async fn raw_log_lines(&self, n: usize) -> Vec<String> {
         for _ in 0..200 {
             let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            // The writer may be mid-line: only newline-terminated lines count.
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            let lines: Vec<String> = complete.lines().map(str::to_string).collect();
             if lines.len() >= n {
                 return lines;
             }
