@@ -80,6 +80,7 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-lig
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v taskset >/dev/null || need_pkgs+=(util-linux)
+command -v pgrep >/dev/null || need_pkgs+=(procps)
 if ((${#need_pkgs[@]})); then
     command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
     SUDO=""
