@@ -242,7 +242,10 @@ async fn serve_http<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // hyper's header timer also runs while a keep-alive connection waits for its
+        // next request, which would cap idle_timeout at header_timeout; the loop below
+        // times request heads and idle connections separately instead.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -251,9 +254,7 @@ async fn serve_http<I>(
         .max_concurrent_streams(100)
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(64)
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_local_error_reset_streams(64);
     let in_flight = activity.clone();
     let peer = info.peer;
     let shared_for_errors = shared.clone();
@@ -262,6 +263,9 @@ async fn serve_http<I>(
         let shared = shared.clone();
         let info = info.clone();
         let guard = in_flight.request();
+        if req.version() == http::Version::HTTP_2 {
+            in_flight.is_h2.store(true, Ordering::Relaxed);
+        }
         // Boxed: an idle keep-alive connection then holds a pointer, not a
         // request-sized future, in its in-flight slot.
         async move {
@@ -273,8 +277,10 @@ async fn serve_http<I>(
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle_timeout = limits.idle_timeout;
+    let header_timeout = limits.header_timeout;
     let mut closing = false;
-    let mut tick = tokio::time::interval(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+    let period = idle_timeout.min(header_timeout).min(Duration::from_secs(1)) / 2;
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(25)));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -288,6 +294,15 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
+                if activity.head_overdue(header_timeout) {
+                    refuse_at_connection(
+                        &shared_for_errors,
+                        &info_for_errors,
+                        408,
+                        "request headers not received within limits.header_timeout".into(),
+                    );
+                    return;
+                }
                 // No bytes either way for idle_timeout, and not waiting on the cart:
                 // an idle keep-alive is closed politely, a stalled body or reader is cut.
                 if activity.idle_for() >= idle_timeout && activity.waiting_upstream() == 0 {
@@ -316,6 +331,10 @@ pub struct Activity {
     served: AtomicU64,
     /// Bytes read since the connection last had no request in flight.
     read_since_idle: AtomicU64,
+    /// When the current request head started (ms since `start`; 0 = the connection's start).
+    head_started_ms: AtomicU64,
+    /// HTTP/2 streams have no header timer of ours; idle_timeout covers the connection.
+    is_h2: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -327,6 +346,8 @@ impl Activity {
             upstream_waits: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             read_since_idle: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            is_h2: std::sync::atomic::AtomicBool::new(false),
         }
     }
     fn touch(&self) {
@@ -346,12 +367,16 @@ impl Activity {
         self.upstream_waits.fetch_add(1, Ordering::Relaxed);
         UpstreamWait(self.clone())
     }
-    /// A keep-alive connection waiting for a next request that never started:
-    /// hyper's header timer runs then too, but that is no slow request.
-    fn idle_keep_alive(&self) -> bool {
-        self.served.load(Ordering::Relaxed) > 0
-            && self.in_flight() == 0
-            && self.read_since_idle.load(Ordering::Relaxed) == 0
+    /// A request head (or a new connection's first one) that has been arriving for
+    /// longer than `header_timeout`: slow headers, or a client that sends nothing.
+    fn head_overdue(&self, header_timeout: Duration) -> bool {
+        if self.in_flight() != 0 || self.is_h2.load(Ordering::Relaxed) {
+            return false;
+        }
+        let waiting_for_head =
+            self.served.load(Ordering::Relaxed) == 0 || self.read_since_idle.load(Ordering::Relaxed) > 0;
+        let started = Duration::from_millis(self.head_started_ms.load(Ordering::Relaxed));
+        waiting_for_head && self.start.elapsed().saturating_sub(started) >= header_timeout
     }
     fn request(self: &Arc<Self>) -> RequestGuard {
         self.served.fetch_add(1, Ordering::Relaxed);
@@ -398,7 +423,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.touch();
-            self.activity.read_since_idle.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+            let previous =
+                self.activity.read_since_idle.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+            if previous == 0 && self.activity.served.load(Ordering::Relaxed) > 0 {
+                let now = self.activity.start.elapsed().as_millis() as u64;
+                self.activity.head_started_ms.store(now, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -445,15 +475,15 @@ fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error
         (431, format!("request head too large, refused by the HTTP parser: {h}"))
     } else if h.is_parse() {
         (400, format!("malformed request refused by the HTTP parser: {h}"))
-    } else if h.is_timeout() && info.activity.idle_keep_alive() {
-        tracing::debug!(peer = %info.peer, listener = %info.listener, "idle keep-alive connection closed by the header timeout");
-        return;
-    } else if h.is_timeout() {
-        (408, "request headers not received within limits.header_timeout".to_string())
     } else {
         tracing::debug!(peer = %info.peer, listener = %info.listener, error = %h, "connection closed");
         return;
     };
+    refuse_at_connection(shared, info, status, reason);
+}
+
+/// A refusal before the guard's handler saw a request: one log line, one record.
+fn refuse_at_connection(shared: &Shared, info: &ConnInfo, status: u16, reason: String) {
     tracing::info!(peer = %info.peer, listener = %info.listener, status, "{reason}");
     let record = crate::access_log::AccessRecord::connection_level(info.peer, &info.listener, info.tls, status, reason);
     shared.stats.deny(crate::state::Denial::from_record(&record));

@@ -511,3 +511,41 @@ async fn password_flood_does_not_stall_allowlisted_clients() {
     assert_eq!(g.upstream.count(), 20);
     assert!(g.upstream.requests().iter().all(|r| r.target == "/shop"));
 }
+
+/// Regression: hyper's header timer used to close idle keep-alive connections
+/// after header_timeout; idle_timeout now governs idle connections, while a
+/// silent new connection or a slow head is still cut after header_timeout.
+#[tokio::test]
+async fn keep_alive_outlives_the_header_timeout_but_not_the_idle_timeout() {
+    let g = TestGuard::start_with(GuardOptions {
+        limits: "  header_timeout: 300ms\n  idle_timeout: 1500ms\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let request = b"GET /shop HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+    let mut s = connect_from(ip("127.0.0.2"), g.addr()).await;
+    let mut buf = [0u8; 4096];
+    for round in 0..2 {
+        s.write_all(request).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "round {round}");
+        // Idle for longer than header_timeout, shorter than idle_timeout.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(g.upstream.count(), 2);
+    // Past idle_timeout the guard closes the connection itself.
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed by the idle timeout");
+    assert_eq!(n.unwrap_or(0), 0, "closed without another response");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+
+    // A new connection that sends nothing is cut after header_timeout, and logged as 408.
+    let mut silent = connect_from(ip("127.0.0.3"), g.addr()).await;
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("silent client cut");
+    assert_eq!(n.unwrap_or(0), 0);
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    let lines = g.log_lines(3).await;
+    assert_eq!(lines[2]["status"], 408, "{}", lines[2]);
+    assert_eq!(lines[2]["client_ip"], "127.0.0.3");
+}
