@@ -116,12 +116,15 @@ fn run(path: &Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     // CARTGUARD_WORKER_THREADS=n: a fixed number of async workers (default: one per CPU).
-    if let Some(n) = std::env::var("CARTGUARD_WORKER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-        if n > 0 {
-            builder.worker_threads(n);
-        }
+    // One worker runs tokio's current-thread scheduler: no work-stealing bookkeeping.
+    let workers = std::env::var("CARTGUARD_WORKER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok());
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
