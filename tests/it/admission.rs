@@ -84,3 +84,49 @@ async fn open_rule_forwards_everyone() {
     assert_eq!(client_from("127.0.0.3").get(g.addr(), "/feed/rss").send().await.status, 200);
     assert_eq!(g.record(1).await["decision"], "open");
 }
+
+fn proxy_listener() -> GuardOptions {
+    GuardOptions { listeners: "  - addr: \"127.0.0.1:0\"\n    proxy_protocol: true\n".into(), ..Default::default() }
+}
+
+/// Behind a TCP load balancer the PROXY header's address is the peer.
+#[tokio::test]
+async fn proxy_protocol_v1_address_is_the_peer() {
+    let g = TestGuard::start_with(proxy_listener()).await;
+    let req = b"PROXY TCP4 50.18.194.14 127.0.0.1 40000 443\r\nGET /wp-json/wc/v3/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
+    let r = raw("127.0.0.7".parse().unwrap(), g.addr(), req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = g.record(1).await;
+    assert_eq!(rec["peer_ip"], "50.18.194.14");
+    assert_eq!(rec["decision"], "allow");
+    assert_eq!(g.upstream.last().header("x-forwarded-for"), Some("50.18.194.14"));
+    // Any other address in the header is just another client.
+    let req = b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\nGET /wp-json/wc/v3/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw("127.0.0.7".parse().unwrap(), g.addr(), req).await.status, 401);
+    assert_eq!(g.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_address_is_the_peer() {
+    let g = TestGuard::start_with(proxy_listener()).await;
+    let mut req = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    req.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+    req.extend_from_slice(&[54, 241, 171, 180, 127, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb]);
+    req.extend_from_slice(b"GET /wp-json/wc/v3/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+    let r = raw("127.0.0.7".parse().unwrap(), g.addr(), &req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(g.record(1).await["peer_ip"], "54.241.171.180");
+}
+
+/// On a proxy_protocol listener a connection without a valid header is closed unanswered.
+#[tokio::test]
+async fn proxy_protocol_listener_closes_connections_without_a_header() {
+    let g = TestGuard::start_with(proxy_listener()).await;
+    for bytes in [
+        &b"GET /wp-json/wc/v3/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"[..],
+        b"PROXY TCP4 50.18.194.999 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+    ] {
+        assert!(raw_maybe("127.0.0.7".parse().unwrap(), g.addr(), bytes).await.is_none());
+    }
+    assert_eq!(g.upstream.count(), 0);
+}
