@@ -198,26 +198,11 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     match &tls {
         Err(e) => errors.push(e.clone()),
         Ok(stores) => {
-            if let cartguard::config::HostMode::Literal(host) = &config.upstream.host {
-                let host = host.to_str().unwrap_or("").split(':').next().unwrap_or("");
-                for (listener, _) in stores.infos() {
-                    let covered = stores
-                        .infos()
-                        .iter()
-                        .any(|(l, i)| *l == listener && i.names.iter().any(|n| cartguard::tls::name_matches(n, host)));
-                    if !covered && !warnings.iter().any(|w| w.contains(&listener)) {
-                        warnings.push(format!("no certificate on {listener} covers the configured host {host:?}"));
-                    }
-                }
-            }
-            for (listener, info) in stores.infos() {
-                if info.days_left < 14 {
-                    warnings.push(format!(
-                        "certificate {} on {listener} expires in {} days ({})",
-                        info.file, info.days_left, info.not_after
-                    ));
-                }
-            }
+            let host = match &config.upstream.host {
+                cartguard::config::HostMode::Literal(h) => h.to_str().ok().map(|h| h.split(':').next().unwrap_or(h)),
+                _ => None,
+            };
+            warnings.extend(stores.warnings(host));
         }
     }
     if !quiet {

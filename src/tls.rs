@@ -80,6 +80,27 @@ impl TlsStores {
         errors
     }
 
+    /// What `check` warns about: certificates expiring within 14 days, and
+    /// listeners none of whose certificates covers the configured host.
+    pub fn warnings(&self, host: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        for store in &self.stores {
+            let certs = store.current.load();
+            if let Some(host) = host {
+                if !certs.iter().any(|c| c.info.names.iter().any(|n| name_matches(n, host))) {
+                    out.push(format!("no certificate on {} covers the configured host {host:?}", store.listener));
+                }
+            }
+            for c in certs.iter().filter(|c| c.info.days_left < 14) {
+                out.push(format!(
+                    "certificate {} on {} expires in {} days ({})",
+                    c.info.file, store.listener, c.info.days_left, c.info.not_after
+                ));
+            }
+        }
+        out
+    }
+
     pub fn infos(&self) -> Vec<(String, CertInfo)> {
         self.stores
             .iter()
