@@ -27,21 +27,27 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// Headers a client could use to lie about itself to the cart (carts and
 /// plugins read several of these to find the client address or HTTPS).
 static FORWARDING: [HeaderName; 14] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-server"),
     HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("front-end-https"),
     HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-real-ip"),
+    X_REAL_IP,
     HeaderName::from_static("x-client-ip"),
     HeaderName::from_static("client-ip"),
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-request-id"),
+    X_REQUEST_ID,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -70,7 +76,7 @@ pub struct Forwarding<'a> {
 /// peer), or to the client alone; X-Real-IP to the client; proto, host and id.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
     // Behind a TLS-terminating load balancer (a trusted proxy) the scheme it saw is the truth.
-    let proto = match headers.get(&FORWARDING[1]).map(|v| v.as_bytes()) {
+    let proto = match headers.get(&X_FORWARDED_PROTO).map(|v| v.as_bytes()) {
         Some(b"https") if f.client.peer_trusted => "https",
         Some(b"http") if f.client.peer_trusted => "http",
         _ => f.proto,
@@ -93,18 +99,18 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
         xff.push_str(", ");
         xff.push_str(&ip_string(f.client.peer));
     }
-    insert(headers, &FORWARDING[0], &xff);
-    insert(headers, &FORWARDING[8], &real_ip);
-    insert(headers, &FORWARDING[1], proto);
+    insert(headers, X_FORWARDED_FOR, &xff);
+    insert(headers, X_REAL_IP, &real_ip);
+    insert(headers, X_FORWARDED_PROTO, proto);
     if let Some(host) = f.host {
-        headers.insert(FORWARDING[2].clone(), host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    insert(headers, &FORWARDING[13], f.request_id);
+    insert(headers, X_REQUEST_ID, f.request_id);
 }
 
-fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
+        headers.insert(name, v);
     }
 }
 
