@@ -438,3 +438,54 @@ async fn keep_alive_client_connection_carries_several_requests() {
     let targets: Vec<String> = g.upstream.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/one", "/two"]);
 }
+
+/// An upstream that answers every connection with `reply` (then closes); bounded to a few connections.
+async fn misbehaving_upstream(reply: Vec<u8>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&reply).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    addr
+}
+
+/// Issue 5 point 3: a response the guard cannot frame or whose head is oversized
+/// becomes a 502 with a reason, never a half-forwarded answer.
+#[tokio::test]
+async fn misbehaving_upstream_responses_become_502() {
+    let mut oversized = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+    oversized.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    oversized.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok".to_vec()),
+        (
+            "two different Content-Length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_vec(),
+        ),
+        ("not HTTP at all", b"SSH-2.0-OpenSSH_9.2\r\n".to_vec()),
+        ("empty reply", Vec::new()),
+        ("head over a megabyte", oversized),
+    ];
+    for (name, reply) in cases {
+        let upstream = misbehaving_upstream(reply).await;
+        let g = TestGuard::start_with(GuardOptions {
+            upstream_url: Some(format!("http://{upstream}")),
+            ..Default::default()
+        })
+        .await;
+        let r = office(&g, "/shop").send().await;
+        assert_eq!(r.status, 502, "{name}: {}", r.text());
+        let rec = g.record(1).await;
+        assert_eq!(rec["decision"], "upstream_error", "{name}: {rec}");
+        assert_eq!(rec["source"], "guard", "{name}");
+        assert!(rec["error"].as_str().is_some_and(|e| e.starts_with("upstream")), "{name}: {rec}");
+    }
+}
