@@ -60,7 +60,8 @@ impl Guard {
             None => None,
         };
         let shared = Shared::new(config, log, tls)?;
-        let addrs = listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect();
+        let _ = shared.bound.set(addrs.clone());
         let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
         let (tx, rx) = watch::channel(false);
         if let Some(admin) = admin {

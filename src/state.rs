@@ -38,6 +38,8 @@ pub struct Shared {
     pub started: Instant,
     pub reload: Mutex<ReloadInfo>,
     pub tls: crate::tls::TlsStores,
+    /// The addresses actually bound, in config order (port 0 resolved), for /status.
+    pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -62,6 +64,7 @@ impl Shared {
             started: Instant::now(),
             reload: Mutex::new(ReloadInfo::default()),
             tls,
+            bound: std::sync::OnceLock::new(),
         }))
     }
 }

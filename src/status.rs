@@ -197,8 +197,8 @@ pub fn status_json(shared: &Shared) -> Value {
             "restart_needed": reload.restart_needed,
             "warnings": c.warnings,
         },
-        "listeners": c.listeners.iter().map(|l| json!({
-            "addr": l.addr.to_string(),
+        "listeners": c.listeners.iter().enumerate().map(|(i, l)| json!({
+            "addr": shared.bound.get().and_then(|b| b.get(i)).unwrap_or(&l.addr).to_string(),
             "tls": !l.certs.is_empty(),
             "proxy_protocol": l.proxy_protocol,
             "redirect_https": l.redirect_https,
