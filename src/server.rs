@@ -279,8 +279,10 @@ async fn serve_http<I>(
     let idle_timeout = limits.idle_timeout;
     let header_timeout = limits.header_timeout;
     let mut closing = false;
-    let period = idle_timeout.min(header_timeout).min(Duration::from_secs(1)) / 2;
-    let mut tick = tokio::time::interval(period.max(Duration::from_millis(25)));
+    // One timer per connection, armed for the next moment a deadline could pass (not a
+    // periodic tick: 10,000 idle connections should not mean 10,000 wake-ups a second).
+    let timer = tokio::time::sleep_until(activity.next_check(header_timeout, idle_timeout).into());
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -293,7 +295,7 @@ async fn serve_http<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
+            _ = &mut timer, if !closing => {
                 if activity.head_overdue(header_timeout) {
                     refuse_at_connection(
                         &shared_for_errors,
@@ -314,6 +316,12 @@ async fn serve_http<I>(
                         return;
                     }
                 }
+                let next = if activity.waiting_upstream() > 0 {
+                    Instant::now() + idle_timeout
+                } else {
+                    activity.next_check(header_timeout, idle_timeout).max(Instant::now() + Duration::from_millis(10))
+                };
+                timer.as_mut().reset(next.into());
             }
         }
     }
@@ -370,13 +378,27 @@ impl Activity {
     /// A request head (or a new connection's first one) that has been arriving for
     /// longer than `header_timeout`: slow headers, or a client that sends nothing.
     fn head_overdue(&self, header_timeout: Duration) -> bool {
-        if self.in_flight() != 0 || self.is_h2.load(Ordering::Relaxed) {
-            return false;
+        self.awaiting_head() && Instant::now() >= self.head_deadline(header_timeout)
+    }
+    /// HTTP/1, nothing in flight, and either nothing served yet or bytes of a next head read.
+    fn awaiting_head(&self) -> bool {
+        self.in_flight() == 0
+            && !self.is_h2.load(Ordering::Relaxed)
+            && (self.served.load(Ordering::Relaxed) == 0 || self.read_since_idle.load(Ordering::Relaxed) > 0)
+    }
+    fn head_deadline(&self, header_timeout: Duration) -> Instant {
+        self.start + Duration::from_millis(self.head_started_ms.load(Ordering::Relaxed)) + header_timeout
+    }
+    /// When a timer could next fire. A head that starts on an idle keep-alive
+    /// connection does not re-arm the timer, so an idle connection also wakes every
+    /// half header_timeout: slow heads there are cut within 1.5 × header_timeout.
+    fn next_check(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
+        let idle_at = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout;
+        if self.awaiting_head() {
+            idle_at.min(self.head_deadline(header_timeout))
+        } else {
+            idle_at.min(Instant::now() + header_timeout / 2)
         }
-        let waiting_for_head =
-            self.served.load(Ordering::Relaxed) == 0 || self.read_since_idle.load(Ordering::Relaxed) > 0;
-        let started = Duration::from_millis(self.head_started_ms.load(Ordering::Relaxed));
-        waiting_for_head && self.start.elapsed().saturating_sub(started) >= header_timeout
     }
     fn request(self: &Arc<Self>) -> RequestGuard {
         self.served.fetch_add(1, Ordering::Relaxed);

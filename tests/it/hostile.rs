@@ -549,3 +549,28 @@ async fn keep_alive_outlives_the_header_timeout_but_not_the_idle_timeout() {
     assert_eq!(lines[2]["status"], 408, "{}", lines[2]);
     assert_eq!(lines[2]["client_ip"], "127.0.0.3");
 }
+
+/// A slow head on a keep-alive connection (after a first request) is cut too:
+/// within 1.5 × header_timeout, well before idle_timeout, and logged as 408.
+#[tokio::test]
+async fn slow_second_head_on_a_keep_alive_connection_is_cut() {
+    let g = TestGuard::start_with(GuardOptions {
+        limits: "  header_timeout: 400ms\n  idle_timeout: 10s\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut s = connect_from(ip("127.0.0.2"), g.addr()).await;
+    let mut buf = [0u8; 4096];
+    s.write_all(b"GET /shop HTTP/1.1\r\nHost: shop.test\r\n\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GET /shop HTTP/1.1\r\nHo").await.unwrap();
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("cut before idle_timeout");
+    assert_eq!(n.unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let lines = g.log_lines(2).await;
+    assert_eq!(lines[1]["status"], 408, "{}", lines[1]);
+    assert_eq!(g.upstream.count(), 1);
+}
