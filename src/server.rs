@@ -125,7 +125,8 @@ async fn accept_loop(
     shutdown: watch::Receiver<bool>,
 ) {
     let listener: Arc<str> = addr.into();
-    let tls = match shared.tls.store_for(&l.config.addr.to_string()).or_else(|| shared.tls.store_for(&listener)) {
+    // Stores are keyed by the configured address (the bound one differs when the port is 0).
+    let tls = match shared.tls.store_for(&l.config.addr.to_string()) {
         Some(store) if !l.config.certs.is_empty() => match store.server_config() {
             Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
             Err(e) => {
