@@ -477,3 +477,20 @@ pub async fn status_json(addr: SocketAddr) -> serde_json::Value {
 pub fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
+
+/// The path of an outside tool a test checks against (promtool, pebble, ...), or `None` with a
+/// note when it is missing on a developer machine. CI sets `CARTGUARD_REQUIRE_TOOLS=1` after
+/// `.ci/install-tools`, which turns a missing tool into a failure rather than a silent skip.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CARTGUARD_REQUIRE_TOOLS").is_none(),
+            "{name} is required (CARTGUARD_REQUIRE_TOOLS is set): install it with .ci/install-tools"
+        );
+        eprintln!("skipped: {name} is not installed (run .ci/install-tools to check against it)");
+    }
+    found
+}
