@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::raw::LogFormat;
+use crate::config::LogFormat;
 
 /// What the guard decided; the same words appear in the log, /status and /metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

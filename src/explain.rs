@@ -7,12 +7,12 @@ use std::net::IpAddr;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::config::raw::{Mode, Others};
 use crate::config::Config;
 use crate::policy::basic_auth::CredentialsError;
 use crate::policy::client_ip::Resolution;
 use crate::policy::rules::MatchedBy;
 use crate::policy::{decide, Outcome, RequestFacts};
+use crate::policy::{Mode, Others};
 
 pub struct Question {
     pub ip: IpAddr,

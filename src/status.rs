@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access_log::{rfc3339, DecisionLabel};
-use crate::config::raw::Mode;
+use crate::policy::Mode;
 use crate::state::{Shared, LATENCY_BUCKETS};
 
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

@@ -21,8 +21,28 @@ use crate::policy::client_ip::{ClientIpConfig, IpHeader};
 use crate::policy::groups::{IpSet, INTEGRATION_MANAGEMENT, INTEGRATION_MANAGEMENT_CIDRS};
 use crate::policy::rules::{prepare_prefix, QueryMatch, Rule};
 use crate::policy::{Group, Policy, MAX_GROUPS};
+use crate::policy::{Mode, Others};
 use crate::users::Users;
-use raw::{LogFormat, Mode, Others, RawCert, RawConfig};
+use raw::{RawCert, RawConfig};
+
+/// The access log's line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Combined,
+}
+
+impl LogFormat {
+    /// The spelling the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Combined => "combined",
+        }
+    }
+}
 
 /// The whole validated configuration of one load.
 #[derive(Debug)]

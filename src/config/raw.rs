@@ -1,8 +1,9 @@
 //! The YAML as written: serde types that mirror the contract key for key.
 //!
 //! Every struct rejects unknown keys, so a typo such as `alow:` is an error
-//! instead of a silent change of who gets in. Nothing here is used past the
-//! loader: `validate` turns these into the typed `Config`.
+//! instead of a silent change of who gets in. `validate` turns these into the typed
+//! `Config`; the few enums that are the same in both (mode, others, log format)
+//! are defined with the types that use them and only re-exported here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +13,9 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+
+pub use super::LogFormat;
+pub use crate::policy::{Mode, Others};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,15 +39,6 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub limits: RawLimits,
-}
-
-/// `enforce` answers by the decision; `report` decides and logs but forwards everything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,15 +133,6 @@ pub struct RawRule {
     pub others: Others,
 }
 
-/// What happens to a client that is in none of the rule's `allow` groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Others {
-    Auth,
-    Deny,
-    Open,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
@@ -229,14 +215,6 @@ impl Default for RawLog {
 
 fn default_log_path() -> String {
     "-".into()
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Json,
-    Combined,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,12 +15,50 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::config::raw::{Mode, Others};
 use basic_auth::{Credentials, CredentialsError};
 use client_ip::{ClientAddr, ClientIpConfig};
 use groups::IpSet;
 use path::NormalizedPath;
 use rules::{MatchedBy, Rule};
+
+/// `enforce` answers by the decision; `report` decides and logs but forwards everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+/// What happens to a client that is in none of the rule's `allow` groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Others {
+    Auth,
+    Deny,
+    Open,
+}
+
+impl Mode {
+    /// The spelling the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+impl Others {
+    /// The spelling the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Others::Auth => "auth",
+            Others::Deny => "deny",
+            Others::Open => "open",
+        }
+    }
+}
 
 /// The validated, immutable admission policy; one snapshot is read per request.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use http::Method;
 
 use super::path::{collapse_slashes, percent_decode, segment_prefix_matches};
-use crate::config::raw::Others;
+use super::Others;
 
 #[derive(Debug, Clone)]
 pub struct Rule {

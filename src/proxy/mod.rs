@@ -22,9 +22,9 @@ use hyper::body::Incoming;
 
 use crate::access_log::{redact_query, AccessRecord, DecisionLabel, StatusSource};
 use crate::bans::BanPolicy;
-use crate::config::raw::Mode;
 use crate::config::HostMode;
 use crate::policy::basic_auth::{Credentials, CredentialsError};
+use crate::policy::Mode;
 use crate::policy::{decide, Outcome, RequestFacts};
 use crate::state::Shared;
 use crate::upstream::{Body, UpstreamError};
