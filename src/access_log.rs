@@ -18,72 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::LogFormat;
-
-/// What the guard decided; the same words appear in the log, /status and /metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionLabel {
-    Allow,
-    Open,
-    AuthOk,
-    Challenge,
-    AuthFail,
-    Deny,
-    Banned,
-    BadRequest,
-    UpstreamError,
-    Redirect,
-    Overloaded,
-}
-
-impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 11] = [
-        DecisionLabel::Allow,
-        DecisionLabel::Open,
-        DecisionLabel::AuthOk,
-        DecisionLabel::Challenge,
-        DecisionLabel::AuthFail,
-        DecisionLabel::Deny,
-        DecisionLabel::Banned,
-        DecisionLabel::BadRequest,
-        DecisionLabel::UpstreamError,
-        DecisionLabel::Redirect,
-        DecisionLabel::Overloaded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecisionLabel::Allow => "allow",
-            DecisionLabel::Open => "open",
-            DecisionLabel::AuthOk => "auth_ok",
-            DecisionLabel::Challenge => "challenge",
-            DecisionLabel::AuthFail => "auth_fail",
-            DecisionLabel::Deny => "deny",
-            DecisionLabel::Banned => "banned",
-            DecisionLabel::BadRequest => "bad_request",
-            DecisionLabel::UpstreamError => "upstream_error",
-            DecisionLabel::Redirect => "redirect",
-            DecisionLabel::Overloaded => "overloaded",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Refusals are what /status keeps in `recent_denials`.
-    pub fn is_refusal(self) -> bool {
-        matches!(
-            self,
-            DecisionLabel::Challenge
-                | DecisionLabel::AuthFail
-                | DecisionLabel::Deny
-                | DecisionLabel::Banned
-                | DecisionLabel::BadRequest
-                | DecisionLabel::Overloaded
-        )
-    }
-}
+pub use crate::verdict::DecisionLabel;
 
 /// Who produced the status the client got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,7 +52,9 @@ pub struct AccessRecord {
     pub source: StatusSource,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(serialize_with = "ser_ms")]
     pub duration_ms: f64,
+    #[serde(serialize_with = "ser_opt_ms")]
     pub upstream_ms: Option<f64>,
     pub user_agent: String,
     pub referer: String,
@@ -125,15 +62,10 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// A record for a request refused at the connection level, before it had a method or path.
-    pub fn connection_level(
-        peer: std::net::SocketAddr,
-        listener: &str,
-        tls: Option<&'static str>,
-        status: u16,
-        error: String,
-    ) -> AccessRecord {
-        let ip = peer.ip().to_canonical().to_string();
+    /// A record with nothing known yet but the connection: every writer starts here.
+    /// The status 499 and its error stand until something answers the request.
+    pub fn new(peer: std::net::SocketAddr, listener: &str, tls: Option<&'static str>) -> AccessRecord {
+        let ip = crate::proxy::headers::ip_string(peer.ip().to_canonical());
         AccessRecord {
             time: SystemTime::now(),
             request_id: String::new(),
@@ -150,7 +82,7 @@ impl AccessRecord {
             method: "-".into(),
             host: String::new(),
             path: "-".into(),
-            status,
+            status: 499,
             upstream_status: None,
             source: StatusSource::Guard,
             bytes_in: 0,
@@ -159,8 +91,31 @@ impl AccessRecord {
             upstream_ms: None,
             user_agent: String::new(),
             referer: String::new(),
-            error: Some(error),
+            error: Some("client closed the connection before the response".into()),
         }
+    }
+
+    /// A request refused at the connection level, before it had a method or path.
+    pub fn connection_level(
+        peer: std::net::SocketAddr,
+        listener: &str,
+        tls: Option<&'static str>,
+        status: u16,
+        error: String,
+    ) -> AccessRecord {
+        AccessRecord { status, error: Some(error), ..AccessRecord::new(peer, listener, tls) }
+    }
+}
+
+/// Milliseconds to the microsecond: `0.031`, not `0.031016000000000002`.
+fn ser_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((ms * 1000.0).round() / 1000.0)
+}
+
+fn ser_opt_ms<S: serde::Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => ser_ms(ms, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -378,34 +333,6 @@ pub fn escape_combined(s: &str) -> String {
     out
 }
 
-/// Replaces the value of every query parameter whose name looks secret.
-pub fn redact_query(query: &str) -> String {
-    const SECRET_WORDS: [&str; 7] = ["key", "secret", "token", "password", "pass", "signature", "sig"];
-    // Fast path: with no escapes and no secret word anywhere, no name can need redacting.
-    if !query.contains('%') {
-        let lower = query.to_ascii_lowercase();
-        if !SECRET_WORDS.iter().any(|w| lower.contains(w)) {
-            return query.to_string();
-        }
-    }
-    query
-        .split('&')
-        .map(|pair| {
-            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
-            let lower = name.to_ascii_lowercase();
-            let decoded =
-                crate::policy::path::percent_decode(lower.as_bytes()).unwrap_or_else(|_| lower.clone().into_bytes());
-            let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
-            if pair.contains('=') && SECRET_WORDS.iter().any(|w| decoded.contains(w)) {
-                format!("{name}=REDACTED")
-            } else {
-                pair.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -551,15 +478,5 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         assert!(!line[..line.len() - 1].bytes().any(|b| b < 0x20 || b == 0x7f), "{line:?}");
         assert!(!line.contains('\u{85}'));
-    }
-
-    #[test]
-    fn secrets_in_queries_are_redacted() {
-        let q = redact_query("consumer_key=ck_abc&consumer_secret=cs_def&rest_route=/wc/v3&oauth_signature=x&api_token=t&sig=1&Password=p&passcode=z&page=2&flag");
-        assert_eq!(
-            q,
-            "consumer_key=REDACTED&consumer_secret=REDACTED&rest_route=/wc/v3&oauth_signature=REDACTED&api_token=REDACTED&sig=REDACTED&Password=REDACTED&passcode=REDACTED&page=2&flag"
-        );
-        assert_eq!(redact_query("consumer%5Fkey=ck"), "consumer%5Fkey=REDACTED");
     }
 }

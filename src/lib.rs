@@ -12,9 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admit;
 pub mod bans;
 pub mod config;
+pub mod conn;
 pub mod explain;
+pub mod ids;
+pub mod percent;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -25,6 +29,7 @@ pub mod status;
 pub mod tls;
 pub mod upstream;
 pub mod users;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::path::Path;

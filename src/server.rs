@@ -1,12 +1,12 @@
 //! Listeners and connections: accept, PROXY header, TLS handshake, HTTP/1 and
 //! HTTP/2 through hyper with its timers, idle cut-off and graceful drain.
 //!
-//! Sockets are bound by the caller (main or a test) and passed in, so tests run
-//! the real server on ports the OS picks.
+//! `bind` turns configured addresses into sockets before anything is served (port
+//! 0 lets tests pick a free one); `serve` runs them until shutdown.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ListenerConfig;
-use crate::proxy::{self, ConnInfo};
+use crate::conn::{Activity, ConnInfo};
+use crate::proxy;
 use crate::state::Shared;
 
 pub struct BoundListener {
@@ -328,106 +329,6 @@ async fn serve_http<I>(
     }
 }
 
-/// Last read/write time and requests in flight on one connection.
-#[derive(Debug)]
-pub struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Requests waiting for the cart's response head: silence then is not the client's fault.
-    upstream_waits: AtomicUsize,
-    /// Requests started on this connection.
-    served: AtomicU64,
-    /// Bytes read since the connection last had no request in flight.
-    read_since_idle: AtomicU64,
-    /// When the current request head started (ms since `start`; 0 = the connection's start).
-    head_started_ms: AtomicU64,
-    /// HTTP/2 streams have no header timer of ours; idle_timeout covers the connection.
-    is_h2: std::sync::atomic::AtomicBool,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            upstream_waits: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            read_since_idle: AtomicU64::new(0),
-            head_started_ms: AtomicU64::new(0),
-            is_h2: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    fn idle_for(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
-    }
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-    fn waiting_upstream(&self) -> usize {
-        self.upstream_waits.load(Ordering::Relaxed)
-    }
-    /// Held while a request waits for the upstream's response head.
-    pub fn upstream_wait(self: &Arc<Self>) -> UpstreamWait {
-        self.upstream_waits.fetch_add(1, Ordering::Relaxed);
-        UpstreamWait(self.clone())
-    }
-    /// A request head (or a new connection's first one) that has been arriving for
-    /// longer than `header_timeout`: slow headers, or a client that sends nothing.
-    fn head_overdue(&self, header_timeout: Duration) -> bool {
-        self.awaiting_head() && Instant::now() >= self.head_deadline(header_timeout)
-    }
-    /// HTTP/1, nothing in flight, and either nothing served yet or bytes of a next head read.
-    fn awaiting_head(&self) -> bool {
-        self.in_flight() == 0
-            && !self.is_h2.load(Ordering::Relaxed)
-            && (self.served.load(Ordering::Relaxed) == 0 || self.read_since_idle.load(Ordering::Relaxed) > 0)
-    }
-    fn head_deadline(&self, header_timeout: Duration) -> Instant {
-        self.start + Duration::from_millis(self.head_started_ms.load(Ordering::Relaxed)) + header_timeout
-    }
-    /// When a timer could next fire. A head that starts on an idle keep-alive
-    /// connection does not re-arm the timer, so an idle connection also wakes every
-    /// half header_timeout: slow heads there are cut within 1.5 × header_timeout.
-    fn next_check(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
-        let idle_at = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle_timeout;
-        if self.awaiting_head() {
-            idle_at.min(self.head_deadline(header_timeout))
-        } else {
-            idle_at.min(Instant::now() + header_timeout / 2)
-        }
-    }
-    fn request(self: &Arc<Self>) -> RequestGuard {
-        self.served.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
-    }
-}
-
-pub struct UpstreamWait(Arc<Activity>);
-
-impl Drop for UpstreamWait {
-    fn drop(&mut self) {
-        self.0.upstream_waits.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
-struct RequestGuard(Arc<Activity>);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.read_since_idle.store(0, Ordering::Relaxed);
-        }
-        self.0.touch();
-    }
-}
-
 /// An IO wrapper that records activity for the idle cut-off.
 struct ActivityIo<T> {
     inner: T,
@@ -489,7 +390,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 
 /// Requests hyper refuses before the guard sees them (malformed framing, oversized
 /// heads, slow headers) still get a log line and an access record.
-fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+fn connection_error(shared: &Arc<Shared>, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
     let Some(h) = find_hyper_error(e) else {
         tracing::debug!(peer = %info.peer, listener = %info.listener, error = %e, "connection error");
         return;
@@ -506,11 +407,11 @@ fn connection_error(shared: &Shared, info: &ConnInfo, e: &(dyn std::error::Error
 }
 
 /// A refusal before the guard's handler saw a request: one log line, one record.
-fn refuse_at_connection(shared: &Shared, info: &ConnInfo, status: u16, reason: String) {
+/// Goes through `Pending` like any request, so counters and recent refusals see it.
+fn refuse_at_connection(shared: &Arc<Shared>, info: &ConnInfo, status: u16, reason: String) {
     tracing::info!(peer = %info.peer, listener = %info.listener, status, "{reason}");
     let record = crate::access_log::AccessRecord::connection_level(info.peer, &info.listener, info.tls, status, reason);
-    shared.stats.deny(crate::state::Denial::from_record(&record));
-    shared.access_log.write(record);
+    drop(crate::proxy::record::Pending::new(shared.clone(), shared.runtime.load_full(), record));
 }
 
 fn find_hyper_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::access_log::{rfc3339, AccessLog, DecisionLabel};
+use crate::access_log::{rfc3339, AccessLog};
 use crate::bans::BanTable;
 use crate::config::Config;
 use crate::upstream::Upstream;
 use crate::users::VerifyPool;
+use crate::verdict::DecisionLabel;
 
 /// One loaded configuration with everything built from it.
 pub struct Runtime {
@@ -207,6 +208,8 @@ pub struct Stats {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests refused before a rule applied (bad requests, connection-level refusals).
+    pub no_rule: RuleStats,
 }
 
 impl Stats {

@@ -61,7 +61,7 @@ impl StoredHash {
 
     /// A hash of a random password with the same kind and cost, for unknown users.
     fn dummy_like(&self) -> StoredHash {
-        let secret = random_hex(16);
+        let secret = crate::ids::random_hex(16);
         match self {
             StoredHash::Bcrypt(h) => {
                 let cost = h.parse::<bcrypt::HashParts>().map(|p| p.get_cost()).unwrap_or(bcrypt::DEFAULT_COST);
@@ -216,12 +216,6 @@ impl VerifiedCache {
         }
         entries.insert(key, now + self.ttl);
     }
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = SystemRandom::new().fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The bounded pool that runs password verification off the async workers.

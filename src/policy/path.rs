@@ -5,6 +5,7 @@
 //! can never disagree about which path was asked for. Anything ambiguous (dot
 //! segments, encoded separators, control bytes, bad escapes) is refused.
 
+pub use crate::percent::percent_decode;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,33 +103,6 @@ fn check_target_byte(b: u8, in_query: bool) -> Result<(), PathError> {
         // Common in real query strings though not in RFC 3986; harmless there.
         b'?' | b'|' | b'[' | b']' | b'{' | b'}' | b'^' | b'`' if in_query => Ok(()),
         other => Err(PathError::ForbiddenByte(other)),
-    }
-}
-
-pub fn percent_decode(input: &[u8]) -> Result<Vec<u8>, PathError> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' {
-            let hex = input.get(i + 1..i + 3).ok_or(PathError::BadPercentEncoding)?;
-            let hi = hex_val(hex[0]).ok_or(PathError::BadPercentEncoding)?;
-            let lo = hex_val(hex[1]).ok_or(PathError::BadPercentEncoding)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(input[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

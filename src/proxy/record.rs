@@ -1,7 +1,7 @@
 //! One access record per request, whatever happens to it.
 //!
-//! A `Pending` record is created when the request arrives and written when it
-//! is dropped: normally when the response body has been sent (so bytes_out and
+//! A `Pending` record is created when the request arrives (or when a connection
+//! is refused before it had one) and written when it is dropped: normally when the response body has been sent (so bytes_out and
 //! the duration are true), or earlier if the client went away. The counting
 //! bodies carry it along.
 
@@ -14,9 +14,15 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::access_log::{AccessRecord, DecisionLabel};
+use http::{header, Request, Version};
+
+use crate::access_log::AccessRecord;
+use crate::conn::ConnInfo;
+use crate::percent::redact_query;
+use crate::policy::{Decision, Mode};
 use crate::state::{Denial, GroupLast, Runtime, Shared};
 use crate::upstream::BoxError;
+use crate::verdict::{Action, DecisionLabel, Verdict};
 
 pub struct Pending {
     pub shared: Arc<Shared>,
@@ -28,6 +34,109 @@ pub struct Pending {
     pub bytes_in: Arc<AtomicU64>,
     /// Counts a refusal from an unknown address on a rule that admits a group.
     pub alarm: bool,
+    /// Could raise the alarm: credentials sent from no known group, on a rule that admits groups.
+    alarm_candidate: bool,
+}
+
+impl Pending {
+    /// Opens the record of one request; it is written when this is dropped.
+    pub fn new(shared: Arc<Shared>, runtime: Arc<Runtime>, record: AccessRecord) -> Box<Pending> {
+        Box::new(Pending {
+            shared,
+            runtime,
+            record,
+            start: Instant::now(),
+            rule: None,
+            member_of: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            alarm: false,
+            alarm_candidate: false,
+        })
+    }
+
+    /// What is known of a request before any decision: method, host, path (secrets redacted), agent.
+    pub fn for_request<B>(
+        shared: Arc<Shared>,
+        runtime: Arc<Runtime>,
+        conn: &ConnInfo,
+        req: &Request<B>,
+    ) -> Box<Pending> {
+        let mut record = AccessRecord::new(conn.peer, &conn.listener, conn.tls);
+        let uri = req.uri();
+        let path = match uri.query() {
+            Some(q) => format!("{}?{}", uri.path(), redact_query(q)),
+            None => uri.path().to_string(),
+        };
+        let text = |name: header::HeaderName, max: usize| {
+            req.headers().get(name).map(|v| truncate(&String::from_utf8_lossy(v.as_bytes()), max)).unwrap_or_default()
+        };
+        record.request_id = crate::ids::request_id();
+        record.protocol = protocol(req.version());
+        record.enforced = runtime.config.policy.mode == Mode::Enforce;
+        record.method = truncate(req.method().as_str(), 32);
+        record.host = super::checks::request_host(req)
+            .map(|h| truncate(&String::from_utf8_lossy(h.as_bytes()), 256))
+            .unwrap_or_default();
+        record.path = truncate(&path, 4096);
+        record.user_agent = text(header::USER_AGENT, 512);
+        record.referer = text(header::REFERER, 1024);
+        Pending::new(shared, runtime, record)
+    }
+
+    /// Records the policy decision: client address, rule, group.
+    pub fn decided(&mut self, d: &Decision, has_authorization: bool) {
+        let policy = &self.runtime.config.policy;
+        let client = &d.client;
+        tracing::debug!(request_id = %self.record.request_id, peer = %client.peer, peer_trusted = client.peer_trusted, resolution = ?client.how, client = %client.ip, "client address");
+        if client.ip != client.peer.to_canonical() {
+            self.record.client_ip = super::headers::ip_string(client.ip);
+        }
+        self.rule = d.rule;
+        self.member_of = d.member_of;
+        self.record.rule = d.rule.map(|i| policy.rules[i].name.clone());
+        self.record.group = d.group.map(|i| policy.groups[i].name.clone());
+        let admits_groups = d.rule.is_some_and(|i| !policy.rules[i].allow.is_empty());
+        self.alarm_candidate = admits_groups && d.member_of == 0 && has_authorization;
+    }
+
+    /// Records the verdict; the answer (or the cart's) fills in the status later.
+    pub fn admitted(&mut self, v: &Verdict) {
+        self.record.decision = v.label;
+        self.record.user = v.user.as_deref().map(|u| truncate(u, 128));
+        match &v.action {
+            Action::Forward { not_enforced: Some(r), .. } => {
+                self.record.error = Some(format!("not enforced: would answer {}: {}", r.status.as_u16(), r.reason));
+            }
+            Action::Forward { .. } => self.record.error = None,
+            // Only requests carrying credentials look like the integration; bots without any do not.
+            Action::Answer(r) => {
+                self.alarm = self.alarm_candidate
+                    && matches!(r.label, DecisionLabel::AuthFail | DecisionLabel::Deny | DecisionLabel::Banned)
+            }
+        }
+    }
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 impl Drop for Pending {
@@ -37,10 +146,10 @@ impl Drop for Pending {
         r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = self.rule {
-            if let Some(s) = self.runtime.rule_stats.get(i) {
-                s.count(r.decision, r.status);
-            }
+        match self.rule.and_then(|i| self.runtime.rule_stats.get(i)) {
+            Some(s) => s.count(r.decision, r.status),
+            // Refused before any rule applied (bad requests, connection-level refusals).
+            None => stats.no_rule.count(r.decision, r.status),
         }
         if self.member_of != 0 {
             let at = SystemTime::now();
@@ -80,7 +189,7 @@ impl Drop for Pending {
 }
 
 fn blank_record() -> AccessRecord {
-    AccessRecord::connection_level(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), "", None, 0, String::new())
+    AccessRecord::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), "", None)
 }
 
 /// The response body, counting bytes out and holding the record until the end.
