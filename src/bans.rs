@@ -33,16 +33,12 @@ pub struct BanTable {
     capacity_override: Option<usize>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BanView {
     pub ip: String,
     pub seconds_left: u64,
-    #[serde(serialize_with = "ser_time")]
-    pub since: SystemTime,
-}
-
-fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::access_log::rfc3339(*t))
+    /// When the ban started (RFC 3339).
+    pub since: String,
 }
 
 impl BanTable {
@@ -106,7 +102,7 @@ impl BanTable {
                 Some(BanView {
                     ip: ip.to_string(),
                     seconds_left: (until - now).as_secs(),
-                    since: e.banned_at.unwrap_or(SystemTime::UNIX_EPOCH),
+                    since: crate::access_log::rfc3339(e.banned_at.unwrap_or(SystemTime::UNIX_EPOCH)),
                 })
             })
             .collect();

@@ -13,6 +13,7 @@ use crate::policy::client_ip::Resolution;
 use crate::policy::rules::MatchedBy;
 use crate::policy::{decide, Outcome, RequestFacts};
 use crate::policy::{Mode, Others};
+use crate::report::{group_line, rule_line};
 
 pub struct Question {
     pub ip: IpAddr,
@@ -81,41 +82,18 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
     };
     let _ = writeln!(out, "  {how}\n  client = {}", d.client.ip);
     let _ = writeln!(out, "\ngroups");
-    for (i, g) in p.groups.iter().enumerate() {
+    for i in 0..p.groups.len() {
         let member = d.member_of & (1 << i) != 0;
-        let cidrs: Vec<String> = g.set.cidrs().iter().take(6).map(|n| n.to_string()).collect();
-        let more =
-            if g.set.cidrs().len() > 6 { format!(" (+{} more)", g.set.cidrs().len() - 6) } else { String::new() };
-        let _ = writeln!(
-            out,
-            "  {:<24} {}{more}  {}",
-            g.name,
-            cidrs.join(", "),
-            if member { "<- client is a member" } else { "" }
-        );
+        let _ = writeln!(out, "  {}  {}", group_line(p, i, 6), if member { "<- client is a member" } else { "" });
     }
     let _ = writeln!(out, "\nrules (first match wins)");
-    for (i, r) in p.rules.iter().enumerate() {
-        let allow: Vec<&str> = r.allow.iter().map(|&g| p.groups[g].name.as_str()).collect();
+    for i in 0..p.rules.len() {
         let mark = match (d.rule == Some(i), &d.matched_by) {
             (true, Some(MatchedBy::Path)) => "<- matched (path)".to_string(),
             (true, Some(MatchedBy::Query(n, v))) => format!("<- matched (query {n}={v})"),
             _ => String::new(),
         };
-        let methods = r
-            .methods
-            .as_ref()
-            .map(|m| format!(" methods {}", m.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {}. {:<16} {}{methods}  allow [{}] others {:?}  {mark}",
-            i + 1,
-            r.name,
-            r.path_prefix,
-            allow.join(", "),
-            r.others
-        );
+        let _ = writeln!(out, "  {}  {mark}", rule_line(p, i));
     }
     let _ = writeln!(out, "\ndecision");
     let rule = d.rule.map(|i| &p.rules[i]);

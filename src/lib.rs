@@ -72,7 +72,7 @@ impl Guard {
         if let Some(admin) = admin {
             tokio::spawn(status::serve_admin(admin, shared.clone(), rx.clone()));
         }
-        tokio::spawn(status::probe_upstream(shared.clone(), rx.clone()));
+        tokio::spawn(upstream::probe(shared.clone(), rx.clone()));
         let done = tokio::spawn(server::serve(listeners, shared.clone(), rx));
         Ok(Guard { shared, addrs, admin_addr, shutdown: tx, done })
     }

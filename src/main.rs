@@ -181,9 +181,11 @@ fn monotonic_usec() -> sd_notify::NotifyState<'static> {
 
 fn log_policy(config: &Config) {
     let p = &config.policy;
-    for r in &p.rules {
-        let allow: Vec<&str> = r.allow.iter().map(|&g| p.groups[g].name.as_str()).collect();
-        tracing::info!(rule = %r.name, path_prefix = %r.path_prefix, allow = ?allow, others = ?r.others, "rule");
+    for i in 0..p.groups.len() {
+        tracing::info!("group {}", cartguard::report::group_line(p, i, 8));
+    }
+    for i in 0..p.rules.len() {
+        tracing::info!("rule {}", cartguard::report::rule_line(p, i));
     }
 }
 
@@ -268,12 +270,12 @@ fn status(admin: SocketAddr, raw: bool) -> ExitCode {
         println!("{body}");
         return ExitCode::SUCCESS;
     }
-    let doc: serde_json::Value = match serde_json::from_str(&body) {
+    let doc: cartguard::status::StatusDoc = match serde_json::from_str(&body) {
         Ok(v) => v,
-        Err(e) => return fail(&format!("status is not JSON: {e}")),
+        Err(e) => return fail(&format!("status is not a cartguard status document: {e}")),
     };
     print!("{}", cartguard::report::summarize_status(&doc));
-    if doc["healthy"].as_bool() == Some(true) {
+    if doc.healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

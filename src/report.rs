@@ -3,16 +3,16 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use crate::config::Config;
+use crate::policy::Policy;
+use crate::status::StatusDoc;
 
 /// The effective policy as `check` prints it.
 pub fn describe(config: &Config) -> String {
     let p = &config.policy;
     let mut out = String::new();
     let _ = writeln!(out, "config    {} (sha256 {})", config.source.path.display(), &config.source.sha256[..12]);
-    let _ = writeln!(out, "mode      {:?}", p.mode);
+    let _ = writeln!(out, "mode      {}", p.mode.as_str());
     for l in &config.listeners {
         let kind =
             if l.certs.is_empty() { "http".to_string() } else { format!("https ({} certificate(s))", l.certs.len()) };
@@ -41,32 +41,12 @@ pub fn describe(config: &Config) -> String {
         }
     );
     let _ = writeln!(out, "groups");
-    for g in &p.groups {
-        let cidrs: Vec<String> = g.set.cidrs().iter().take(8).map(|n| n.to_string()).collect();
-        let more =
-            if g.set.cidrs().len() > 8 { format!(" (+{} more)", g.set.cidrs().len() - 8) } else { String::new() };
-        let _ = writeln!(out, "  {:<24} {}{more}", g.name, cidrs.join(", "));
+    for i in 0..p.groups.len() {
+        let _ = writeln!(out, "  {}", group_line(p, i, 8));
     }
     let _ = writeln!(out, "rules (first match wins)");
-    for (i, r) in p.rules.iter().enumerate() {
-        let allow: Vec<&str> = r.allow.iter().map(|&g| p.groups[g].name.as_str()).collect();
-        let query: Vec<String> =
-            r.query.iter().map(|q| format!("{}={}", q.name, String::from_utf8_lossy(&q.prefix))).collect();
-        let methods = r
-            .methods
-            .as_ref()
-            .map(|m| format!(" methods {}", m.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
-            .unwrap_or_default();
-        let query = if query.is_empty() { String::new() } else { format!(" or query {}", query.join(" or ")) };
-        let _ = writeln!(
-            out,
-            "  {}. {:<16} {}{query}{methods}  allow [{}]  others {:?}",
-            i + 1,
-            r.name,
-            r.path_prefix,
-            allow.join(", "),
-            r.others
-        );
+    for i in 0..p.rules.len() {
+        let _ = writeln!(out, "  {}", rule_line(p, i));
     }
     let _ = writeln!(out, "users     {}", config.users.len());
     let _ = writeln!(out, "status    {}", config.status.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()));
@@ -74,89 +54,99 @@ pub fn describe(config: &Config) -> String {
 }
 
 /// A short human summary of the /status document.
-pub fn summarize_status(doc: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(x) => x.clone(),
-        other => other.to_string(),
-    };
+pub fn summarize_status(doc: &StatusDoc) -> String {
+    let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut out = String::new();
-    let health = if doc["healthy"].as_bool() == Some(true) { "healthy".to_string() } else { "UNHEALTHY".to_string() };
+    let health = if doc.healthy { "healthy" } else { "UNHEALTHY" };
+    let _ =
+        writeln!(out, "cartguard {} · {health} · mode {} · up {}s", doc.version, doc.mode.as_str(), doc.uptime_seconds);
+    for r in &doc.health_reasons {
+        let _ = writeln!(out, "  ! {r}");
+    }
+    let _ = writeln!(out, "config    {} loaded {}", doc.config.path, doc.config.loaded_at);
+    if let Some(e) = &doc.config.last_reload_error {
+        let _ = writeln!(out, "  ! last reload failed: {e}");
+    }
+    let up = &doc.upstream;
+    let reachable = match up.reachable {
+        None => "not probed yet",
+        Some(true) => "reachable",
+        Some(false) => "UNREACHABLE",
+    };
     let _ = writeln!(
         out,
-        "cartguard {} · {} · mode {} · up {}s",
-        s(&doc["version"]),
-        health,
-        s(&doc["mode"]),
-        s(&doc["uptime_seconds"])
-    );
-    for r in doc["health_reasons"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "  ! {}", s(r));
-    }
-    let _ = writeln!(out, "config    {} loaded {}", s(&doc["config"]["path"]), s(&doc["config"]["loaded_at"]));
-    if !doc["config"]["last_reload_error"].is_null() {
-        let _ = writeln!(out, "  ! last reload failed: {}", s(&doc["config"]["last_reload_error"]));
-    }
-    let up = &doc["upstream"];
-    let _ = writeln!(
-        out,
-        "upstream  {} reachable {} in-flight {} last ok {} last error {}",
-        s(&up["url"]),
-        s(&up["reachable"]),
-        s(&up["in_flight"]),
-        s(&up["last_ok_at"]),
-        s(&up["last_error"])
+        "upstream  {} {reachable}, {} in flight, last ok {}, last error {}",
+        up.url,
+        up.in_flight,
+        o(&up.last_ok_at),
+        o(&up.last_error)
     );
     let _ = writeln!(out, "groups");
-    for g in doc["groups"].as_array().into_iter().flatten() {
+    for g in &doc.groups {
         let _ = writeln!(
             out,
             "  {:<24} {} requests, last {} from {} {} -> {}",
-            s(&g["name"]),
-            s(&g["requests"]),
-            s(&g["last_seen_at"]),
-            s(&g["last_client_ip"]),
-            s(&g["last_path"]),
-            s(&g["last_status"])
+            g.name,
+            g.requests,
+            o(&g.last_seen_at),
+            o(&g.last_client_ip),
+            o(&g.last_path),
+            g.last_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
         );
     }
-    let alarms = doc["possible_new_integration_addresses"].as_array().cloned().unwrap_or_default();
-    if !alarms.is_empty() {
+    if !doc.possible_new_integration_addresses.is_empty() {
         let _ = writeln!(out, "possible new integration addresses (refused on a rule that admits a group)");
-        for a in alarms.iter().take(10) {
-            let _ = writeln!(
-                out,
-                "  {} on rule {}: {} times, last {}",
-                s(&a["client_ip"]),
-                s(&a["rule"]),
-                s(&a["count"]),
-                s(&a["last_seen"])
-            );
+        for a in doc.possible_new_integration_addresses.iter().take(10) {
+            let _ = writeln!(out, "  {} on rule {}: {} times, last {}", a.client_ip, a.rule, a.count, a.last_seen);
         }
     }
-    let denials = doc["recent_denials"].as_array().cloned().unwrap_or_default();
-    let _ = writeln!(out, "recent refusals ({} kept, newest first)", denials.len());
-    for d in denials.iter().take(10) {
+    let _ = writeln!(out, "recent refusals ({} kept, newest first)", doc.recent_denials.len());
+    for d in doc.recent_denials.iter().take(10) {
         let _ = writeln!(
             out,
             "  {} {} rule {} {} {} {}: {}",
-            s(&d["time"]),
-            s(&d["client_ip"]),
-            s(&d["rule"]),
-            s(&d["decision"]),
-            s(&d["status"]),
-            s(&d["path"]),
-            s(&d["reason"])
+            d.time,
+            d.client_ip,
+            o(&d.rule),
+            d.decision.as_str(),
+            d.status,
+            d.path,
+            o(&d.reason)
         );
     }
-    for c in doc["certificates"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "certificate {} expires {} ({} days)",
-            s(&c["names"]),
-            s(&c["not_after"]),
-            s(&c["days_left"])
-        );
+    for c in &doc.certificates {
+        let _ = writeln!(out, "certificate {} expires {} ({} days)", c.names.join(", "), c.not_after, c.days_left);
     }
     out
+}
+
+/// One line per group: name, the first `max` CIDRs, and how many more.
+pub fn group_line(p: &Policy, i: usize, max: usize) -> String {
+    let g = &p.groups[i];
+    let cidrs: Vec<String> = g.set.cidrs().iter().take(max).map(|n| n.to_string()).collect();
+    let more =
+        if g.set.cidrs().len() > max { format!(" (+{} more)", g.set.cidrs().len() - max) } else { String::new() };
+    format!("{:<24} {}{more}", g.name, cidrs.join(", "))
+}
+
+/// One line per rule, as check, explain and the startup log print it.
+pub fn rule_line(p: &Policy, i: usize) -> String {
+    let r = &p.rules[i];
+    let allow: Vec<&str> = r.allow.iter().map(|&g| p.groups[g].name.as_str()).collect();
+    let query: Vec<String> =
+        r.query.iter().map(|q| format!("{}={}", q.name, String::from_utf8_lossy(&q.prefix))).collect();
+    let methods = r
+        .methods
+        .as_ref()
+        .map(|m| format!(" methods {}", m.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
+        .unwrap_or_default();
+    let query = if query.is_empty() { String::new() } else { format!(" or query {}", query.join(" or ")) };
+    format!(
+        "{}. {:<16} {}{query}{methods}  allow [{}]  others {}",
+        i + 1,
+        r.name,
+        r.path_prefix,
+        allow.join(", "),
+        r.others.as_str()
+    )
 }

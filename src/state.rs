@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::access_log::{rfc3339, AccessLog};
 use crate::bans::BanTable;
@@ -119,7 +119,7 @@ impl GroupStats {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Denial {
     pub time: String,
     pub client_ip: String,
@@ -146,7 +146,7 @@ impl Denial {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alarm {
     pub client_ip: String,
     pub rule: String,

@@ -26,7 +26,7 @@ pub struct LoadedCert {
     pub info: CertInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CertInfo {
     pub file: String,
     pub names: Vec<String>,

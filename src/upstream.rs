@@ -157,3 +157,42 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth();
     Ok(tls)
 }
+
+/// Probes the upstream with a TCP connect every `probe_interval`.
+pub async fn probe(shared: Arc<crate::state::Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let (authority, interval, timeout) = {
+            let rt = shared.runtime.load();
+            (
+                rt.config.upstream.authority.clone(),
+                rt.config.upstream.probe_interval,
+                rt.config.upstream.connect_timeout,
+            )
+        };
+        let result = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&authority)).await;
+        let up = &shared.stats.upstream;
+        match result {
+            Ok(Ok(_)) => {
+                up.reachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                up.ok();
+            }
+            Ok(Err(e)) => {
+                if up.reachable.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    || !up.probed.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(upstream = %authority, error = %e, "upstream probe failed");
+                }
+                up.failed(format!("probe: connect to {authority}: {e}"));
+            }
+            Err(_) => {
+                up.reachable.store(false, std::sync::atomic::Ordering::Relaxed);
+                up.failed(format!("probe: connect to {authority} timed out after {}ms", timeout.as_millis()));
+            }
+        }
+        up.probed.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
