@@ -1,5 +1,9 @@
 //! `cartguard explain`: the decision trace for one imagined request, from the
-//! same `decide` the server runs, in words a shop owner can act on.
+//! same `decide` and `admit` the server runs, in words a shop owner can act on.
+//!
+//! What admission needs from outside (bans, password checks) comes from an
+//! [`ExplainGate`]: the running guard's bans (read from its /status) and the
+//! users table, checked in this process. It never records a failure.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -7,24 +11,70 @@ use std::net::IpAddr;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use std::future::Future;
+use std::time::Duration;
+
+use crate::admit::{admit, Arrival, Gate, Verification};
 use crate::config::Config;
+use crate::policy::basic_auth::Credentials;
 use crate::policy::basic_auth::CredentialsError;
 use crate::policy::client_ip::Resolution;
 use crate::policy::rules::MatchedBy;
 use crate::policy::{decide, Outcome, RequestFacts};
 use crate::policy::{Mode, Others};
 use crate::report::{group_line, rule_line};
+use crate::users::Users;
+use crate::verdict::{Action, DecisionLabel, Verdict};
 
 pub struct Question {
     pub ip: IpAddr,
     pub peer: Option<IpAddr>,
     pub headers: Vec<String>,
     pub user: Option<String>,
+    /// The password to check for `user`; None leaves the login unchecked.
+    pub password: Option<String>,
     pub method: String,
     pub target: String,
+    /// The request arrives on a plain listener with `redirect_https`.
+    pub redirect_https: bool,
 }
 
-pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
+/// The trace and the verdict it ends in.
+pub struct Explanation {
+    pub text: String,
+    pub verdict: Verdict,
+}
+
+/// Bans and password checks for explain: nothing recorded, nothing banned.
+struct ExplainGate<'a> {
+    users: &'a Users,
+    bans: &'a [(IpAddr, Duration)],
+    /// False when only a user name was given: the login is then left unchecked.
+    check_password: bool,
+}
+
+impl Gate for ExplainGate<'_> {
+    fn banned_for(&self, client: IpAddr) -> Option<Duration> {
+        self.bans.iter().find(|(ip, _)| *ip == client).map(|(_, left)| *left)
+    }
+
+    fn verify(&self, creds: Credentials) -> impl Future<Output = Verification> + Send {
+        let v = if !self.users.contains(&creds.user) {
+            Verification::UnknownUser
+        } else if !self.check_password {
+            Verification::Unchecked
+        } else if self.users.verify_blocking(&creds) {
+            Verification::Verified
+        } else {
+            Verification::WrongPassword
+        };
+        std::future::ready(v)
+    }
+}
+
+/// Traces `q` through the policy and admission. `bans` are the running guard's
+/// active bans (empty when it could not be asked).
+pub async fn explain(config: &Config, q: &Question, bans: &[(IpAddr, Duration)]) -> Result<Explanation, String> {
     let method = Method::from_bytes(q.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("{:?} is not an HTTP method", q.method))?;
     let mut headers = HeaderMap::new();
@@ -50,7 +100,8 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         }
     }
     if let Some(user) = &q.user {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:(password not checked)"));
+        let password = q.password.as_deref().unwrap_or("(not checked)");
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         if let Ok(v) = HeaderValue::from_str(&format!("Basic {token}")) {
             headers.insert(http::header::AUTHORIZATION, v);
         }
@@ -68,17 +119,16 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
     let _ = writeln!(out, "  peer {} is {trusted}", d.client.peer);
     let how = match &d.client.how {
         Resolution::Peer if !headers.is_empty() && headers.contains_key(p.client_ip.header.name()) => {
-            format!(
-                "its {} header is ignored (only trusted proxies are believed); client = peer",
-                p.client_ip.header.name()
-            )
+            format!("its {} header is ignored (only trusted proxies are believed)", p.client_ip.header.name())
         }
-        Resolution::Peer => "client = peer".into(),
+        Resolution::Peer => "the client is the socket peer".into(),
         Resolution::TrustedPeerNoHeader => {
-            format!("no {} header; client = peer", p.client_ip.header.name())
+            format!("no {} header: the client is the socket peer", p.client_ip.header.name())
         }
         Resolution::Header => format!("{} walked from the right, skipping trusted proxies", p.client_ip.header.name()),
-        Resolution::Malformed(why) => format!("{} is unusable ({why}); client = peer", p.client_ip.header.name()),
+        Resolution::Malformed(why) => {
+            format!("{} is unusable ({why}): the client is the socket peer", p.client_ip.header.name())
+        }
     };
     let _ = writeln!(out, "  {how}\n  client = {}", d.client.ip);
     let _ = writeln!(out, "\ngroups");
@@ -119,6 +169,11 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
         }
     };
     let _ = writeln!(out, "  {verdict}");
+    let check_password =
+        q.password.is_some() || (q.user.is_none() && headers.contains_key(http::header::AUTHORIZATION));
+    let gate = ExplainGate { users: &config.users, bans, check_password };
+    let verdict = admit(&gate, config, &d, Arrival { redirect_https: q.redirect_https }).await;
+    let _ = writeln!(out, "\nverdict\n  {}", verdict_line(&verdict, q));
     if matches!(rule.map(|r| r.others), Some(Others::Auth) | Some(Others::Deny))
         && d.group.is_none()
         && !d.client.peer_trusted
@@ -137,7 +192,34 @@ pub fn explain(config: &Config, q: &Question) -> Result<String, String> {
             let _ = writeln!(out, "  forwarded path: {}", path.forward);
         }
     }
-    Ok(out)
+    Ok(Explanation { text: out, verdict })
+}
+
+/// What a real request would get: the status, the log's decision label and the reason.
+fn verdict_line(v: &Verdict, q: &Question) -> String {
+    let user = v.user.as_deref().map(|u| format!(" (user {u:?})")).unwrap_or_default();
+    match &v.action {
+        Action::Answer(r) => format!("{} {}{user}: {}", r.status.as_u16(), r.label.as_str(), r.reason),
+        Action::Forward { not_enforced: Some(r), .. } => format!(
+            "forwarded ({}), but enforce mode would answer {} {}: {}",
+            v.label.as_str(),
+            r.status.as_u16(),
+            r.label.as_str(),
+            r.reason
+        ),
+        Action::Forward { strip_authorization, .. } => {
+            let unchecked = v.label == DecisionLabel::AuthOk && q.password.is_none();
+            let strip = if *strip_authorization { "; the guard's own Authorization header is removed" } else { "" };
+            if unchecked {
+                format!(
+                    "forwarded ({}){user} if the password is right{strip}: not checked (add --password to check it)",
+                    v.label.as_str()
+                )
+            } else {
+                format!("forwarded ({}){user}{strip}", v.label.as_str())
+            }
+        }
+    }
 }
 
 fn bracket(ip: IpAddr) -> String {
@@ -163,19 +245,89 @@ rules:
         Config::from_yaml(yaml, "t.yaml".as_ref()).unwrap()
     }
 
+    fn question(ip: &str, peer: Option<&str>, headers: &[&str], target: &str) -> Question {
+        Question {
+            ip: ip.parse().unwrap(),
+            peer: peer.map(|p| p.parse().unwrap()),
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            user: None,
+            password: None,
+            method: "GET".into(),
+            target: target.into(),
+            redirect_https: false,
+        }
+    }
+
+    fn run(config: &Config, q: &Question, bans: &[(IpAddr, Duration)]) -> Explanation {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(explain(config, q, bans)).unwrap()
+    }
+
     fn ask(ip: &str, peer: Option<&str>, headers: &[&str], target: &str) -> String {
-        explain(
-            &config(),
-            &Question {
-                ip: ip.parse().unwrap(),
-                peer: peer.map(|p| p.parse().unwrap()),
-                headers: headers.iter().map(|s| s.to_string()).collect(),
-                user: None,
-                method: "GET".into(),
-                target: target.into(),
-            },
-        )
-        .unwrap()
+        run(&config(), &question(ip, peer, headers, target), &[]).text
+    }
+
+    /// bcrypt cost 4 of "secret".
+    fn config_with_alice() -> Config {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let yaml = format!(
+            r#"
+listen: [{{addr: "127.0.0.1:0"}}]
+upstream: {{url: "http://127.0.0.1:9"}}
+users: {{inline: {{alice: "{hash}"}}}}
+rules:
+  - {{name: site, path_prefix: /, allow: [integration-management], others: auth}}
+"#
+        );
+        Config::from_yaml(&yaml, "t.yaml".as_ref()).unwrap()
+    }
+
+    #[test]
+    fn explain_checks_the_password_when_one_is_given() {
+        let config = config_with_alice();
+        let mut q = question("198.51.100.7", None, &[], "/");
+        q.user = Some("alice".into());
+        q.password = Some("secret".into());
+        let e = run(&config, &q, &[]);
+        assert_eq!(e.verdict.label, DecisionLabel::AuthOk, "{}", e.text);
+        assert!(e.text.contains("forwarded (auth_ok) (user \"alice\")"), "{}", e.text);
+        q.password = Some("wrong".into());
+        let e = run(&config, &q, &[]);
+        assert_eq!(e.verdict.label, DecisionLabel::AuthFail, "{}", e.text);
+        assert!(e.text.contains("401 auth_fail (user \"alice\"): wrong password"), "{}", e.text);
+        q.password = None;
+        let e = run(&config, &q, &[]);
+        assert!(e.text.contains("not checked"), "{}", e.text);
+        q.user = Some("mallory".into());
+        let e = run(&config, &q, &[]);
+        assert!(e.text.contains("401 auth_fail (user \"mallory\"): unknown user"), "{}", e.text);
+    }
+
+    #[test]
+    fn explain_shows_a_ban_of_the_running_guard() {
+        let config = config_with_alice();
+        let mut q = question("198.51.100.7", None, &[], "/");
+        q.user = Some("alice".into());
+        q.password = Some("secret".into());
+        let bans = [("198.51.100.7".parse().unwrap(), Duration::from_secs(600))];
+        let e = run(&config, &q, &bans);
+        assert_eq!(e.verdict.label, DecisionLabel::Banned, "{}", e.text);
+        assert!(e.text.contains("429 banned"), "{}", e.text);
+        // Another address is not affected by that ban.
+        let e = run(&config, &question("198.51.100.8", None, &[], "/"), &bans);
+        assert_eq!(e.verdict.label, DecisionLabel::Challenge, "{}", e.text);
+    }
+
+    #[test]
+    fn explain_models_the_https_redirect() {
+        let mut q = question("198.51.100.7", None, &[], "/wp-admin");
+        q.redirect_https = true;
+        let e = run(&config(), &q, &[]);
+        assert_eq!(e.verdict.label, DecisionLabel::Redirect, "{}", e.text);
+        q.ip = "50.18.194.14".parse().unwrap();
+        q.target = "/wp-json/wc/v3/orders".into();
+        let e = run(&config(), &q, &[]);
+        assert_eq!(e.verdict.label, DecisionLabel::Allow, "allowlisted clients are not redirected: {}", e.text);
     }
 
     #[test]

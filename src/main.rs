@@ -54,6 +54,12 @@ enum Command {
         /// Pretend the request carries Basic credentials for this user.
         #[arg(long)]
         user: Option<String>,
+        /// Also check the user's password: read it without echo (or a line from stdin).
+        #[arg(long, requires = "user")]
+        password: bool,
+        /// The listener the request arrives on (its address as in the config); default: the first.
+        #[arg(long)]
+        listener: Option<SocketAddr>,
         method: String,
         /// Path and optional query, e.g. '/wp-json/wc/v3/orders' or '/?rest_route=/wc/v3/orders'.
         target: String,
@@ -80,22 +86,61 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config, quiet } => check(&config, quiet),
-        Command::Explain { config, ip, peer, headers, user, method, target } => {
+        Command::Explain { config, ip, peer, headers, user, password, listener, method, target } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(&e.to_string()),
             };
-            let q = cartguard::explain::Question { ip, peer, headers, user, method, target };
-            match cartguard::explain::explain(&config, &q) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            let password = match password.then(|| read_password("password to check: ")).transpose() {
+                Ok(p) => p,
+                Err(e) => return fail(&e),
+            };
+            let redirect_https = match listener {
+                None => config.listeners.first().is_some_and(|l| l.redirect_https),
+                Some(addr) => match config.listeners.iter().find(|l| l.addr == addr) {
+                    Some(l) => l.redirect_https,
+                    None => return fail(&format!("--listener {addr}: no such listener in the config")),
+                },
+            };
+            let q = cartguard::explain::Question { ip, peer, headers, user, password, method, target, redirect_https };
+            explain(&config, &q)
         }
         Command::HashPassword { user, cost } => hash_password(&user, cost),
         Command::Status { admin, json } => status(admin, json),
+    }
+}
+
+/// Exit 0 when the request would be forwarded, 1 when the guard would answer it.
+fn explain(config: &Config, q: &cartguard::explain::Question) -> ExitCode {
+    let bans = match config.status.listen.map(fetch_status) {
+        Some(Ok(body)) => serde_json::from_str::<cartguard::status::StatusDoc>(&body)
+            .map(|doc| {
+                doc.bans
+                    .iter()
+                    .filter_map(|b| Some((b.ip.parse().ok()?, Duration::from_secs(b.seconds_left))))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+        Some(Err(e)) => {
+            eprintln!("note: the running guard's bans are not known ({e}); assuming none");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(cartguard::explain::explain(config, q, &bans)) {
+        Ok(e) => {
+            print!("{}", e.text);
+            if e.verdict.is_forwarded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -226,26 +271,28 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     }
 }
 
+/// Reads a password without echo on a terminal, or the first line of stdin.
+fn read_password(prompt: &str) -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"));
+    }
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    Ok(s.lines().next().unwrap_or("").to_string())
+}
+
 fn hash_password(user: &str, cost: u32) -> ExitCode {
     if user.is_empty() || user.contains(':') {
         return fail("the user name must be non-empty and have no colon");
     }
-    let password = if std::io::stdin().is_terminal() {
-        let first = match rpassword::prompt_password(format!("password for {user}: ")) {
-            Ok(p) => p,
-            Err(e) => return fail(&format!("cannot read the password: {e}")),
-        };
-        match rpassword::prompt_password("again: ") {
+    let password = match read_password(&format!("password for {user}: ")) {
+        Ok(first) if std::io::stdin().is_terminal() => match rpassword::prompt_password("again: ") {
             Ok(again) if again == first => first,
             Ok(_) => return fail("the passwords differ"),
             Err(e) => return fail(&format!("cannot read the password: {e}")),
-        }
-    } else {
-        let mut s = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
-            return fail(&format!("cannot read the password from stdin: {e}"));
-        }
-        s.lines().next().unwrap_or("").to_string()
+        },
+        Ok(p) => p,
+        Err(e) => return fail(&e),
     };
     if password.is_empty() {
         return fail("empty password");

@@ -238,13 +238,15 @@ fn explain_believes_the_header_only_from_a_trusted_proxy() {
             "GET",
             "/wp-json/wc/v3/orders",
         ]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        stdout(&o)
+        (o.status.code(), stdout(&o))
     };
-    let trusted = ask("127.0.0.100");
+    let (code, trusted) = ask("127.0.0.100");
+    assert_eq!(code, Some(0), "forwarded: exit 0\n{trusted}");
     assert!(trusted.contains("127.0.0.100 is a trusted proxy"), "{trusted}");
     assert!(trusted.contains("allow: 50.18.194.14 is in group \"integration-management\""), "{trusted}");
-    let untrusted = ask("127.0.0.101");
+    let (code, untrusted) = ask("127.0.0.101");
+    assert_eq!(code, Some(1), "answered by the guard: exit 1\n{untrusted}");
+    assert_eq!(untrusted.matches("client = ").count(), 1, "{untrusted}");
     assert!(untrusted.contains("header is ignored"), "{untrusted}");
     assert!(untrusted.contains("client = 127.0.0.101"), "{untrusted}");
     assert!(untrusted.contains("401") && !untrusted.contains("allow:"), "{untrusted}");
@@ -255,10 +257,44 @@ fn explain_refuses_path_tricks_with_400() {
     let config = repo("config/cartguard.yaml");
     for target in ["/wp-json/wc/v3/../../../wp-admin", "/wp-json/wc%2fv3/orders", "/shop/%2e%2e/wp-json/wc/v3"] {
         let o = run(&["explain", "--config", config.to_str().unwrap(), "--ip", "50.18.194.14", "GET", target]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(o.status.code(), Some(1), "a refused request exits 1: {}", stderr(&o));
         let out = stdout(&o);
         assert!(out.contains("400 bad_request") && !out.contains("allow:"), "{target}: {out}");
     }
+}
+
+#[test]
+fn explain_checks_a_password_read_from_stdin() {
+    let f = fixtures();
+    let config = f.dir.path().join("auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: [{{addr: \"127.0.0.1:0\"}}]\nupstream: {{url: \"http://127.0.0.1:9\"}}\nusers: {{htpasswd: {}}}\nrules:\n  - {{name: site, path_prefix: /, others: auth}}\n",
+            f.htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let ask = |password: &str| {
+        let mut child = cartguard()
+            .args(["explain", "--config", config.to_str().unwrap(), "--ip", "198.51.100.1"])
+            .args(["--user", "alice", "--password", "GET", "/"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (o.status.code(), stdout(&o))
+    };
+    let (code, out) = ask("alice-pass");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("forwarded (auth_ok)"), "{out}");
+    let (code, out) = ask("not-her-pass");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("401 auth_fail (user \"alice\"): wrong password"), "{out}");
+    assert!(!out.contains("not-her-pass") && !out.contains("alice-pass"), "the password is never printed: {out}");
 }
 
 #[test]
