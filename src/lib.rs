@@ -55,16 +55,12 @@ pub struct Guard {
 impl Guard {
     /// Binds every listener of `config` (port 0 picks a free one) and starts serving.
     pub async fn start(config: Config) -> Result<Guard, String> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = tls::TlsStores::load(&config.listeners)?;
-        let log = access_log::AccessLog::start(config.log.format, config.log.path.clone())
-            .map_err(|e| format!("log.path: cannot open the access log: {e}"))?;
         let listeners = server::bind(&config.listeners).await?;
         let admin = match config.status.listen {
             Some(addr) => Some(server::bind_one(addr).await.map_err(|e| format!("status.listen: {e}"))?),
             None => None,
         };
-        let shared = Shared::new(config, log, tls)?;
+        let shared = shared_state(config)?;
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect();
         let _ = shared.bound.set(addrs.clone());
         let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
@@ -88,6 +84,16 @@ impl Guard {
         let _ = self.shutdown.send(true);
         let _ = self.done.await;
     }
+}
+
+/// Everything a guard shares between requests, without any socket: certificates
+/// loaded, the access log open. Tests call `proxy::handle` on it directly.
+pub fn shared_state(config: Config) -> Result<Arc<Shared>, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = tls::TlsStores::load(&config.listeners)?;
+    let log = access_log::AccessLog::start(config.log.format, config.log.path.clone())
+        .map_err(|e| format!("log.path: cannot open the access log: {e}"))?;
+    Shared::new(config, log, tls)
 }
 
 /// Loads, validates and swaps in a new config; on any error the old one keeps

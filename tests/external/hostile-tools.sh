@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Outside tools, not written by us, against a running cartguard (issue 5, point 6).
+# Outside tools, not written by us, against a running cartguard.
 #
 #   tests/external/hostile-tools.sh            # about 3 minutes after the build
 #   NO_BUILD=1 ATTACK_SECONDS=15 tests/external/hostile-tools.sh

@@ -1,15 +1,19 @@
 //! Who gets in: allowlisted addresses, trusted proxies, logins, denials.
+//! The decision tests call the handler in process (no listener: the peer
+//! address is passed in); the PROXY protocol tests need the real listener.
 
 use crate::common::*;
 
 #[tokio::test]
 async fn integration_via_trusted_proxy_passes_with_its_own_authorization() {
-    let g = TestGuard::start().await;
-    let r = client_from("127.0.0.100")
-        .get(g.addr(), "/wp-json/wc/v3/orders")
-        .header("X-Forwarded-For", "50.18.194.14")
-        .basic("ck_live", "cs_live")
-        .send()
+    let g = InProcess::start().await;
+    let r = g
+        .call(
+            client_from("127.0.0.100")
+                .get(IN_PROCESS, "/wp-json/wc/v3/orders")
+                .header("X-Forwarded-For", "50.18.194.14")
+                .basic("ck_live", "cs_live"),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = g.upstream.last();
@@ -24,10 +28,10 @@ async fn integration_via_trusted_proxy_passes_with_its_own_authorization() {
 
 #[tokio::test]
 async fn spoofed_forwarding_header_from_untrusted_peer_is_ignored() {
-    let g = TestGuard::start().await;
+    let g = InProcess::start().await;
     for header in ["X-Forwarded-For", "X-Real-IP", "Forwarded"] {
         let value = if header == "Forwarded" { "for=50.18.194.14" } else { "50.18.194.14" };
-        let r = client_from("127.0.0.3").get(g.addr(), "/wp-json/wc/v3/orders").header(header, value).send().await;
+        let r = g.call(client_from("127.0.0.3").get(IN_PROCESS, "/wp-json/wc/v3/orders").header(header, value)).await;
         assert_eq!(r.status, 401, "{header}");
         assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"Restricted\", charset=\"UTF-8\""));
     }
@@ -36,12 +40,10 @@ async fn spoofed_forwarding_header_from_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn near_miss_addresses_are_not_admitted() {
-    let g = TestGuard::start().await;
+    let g = InProcess::start().await;
     for ip in ["50.18.194.13", "50.18.194.15", "54.241.171.181", "54.241.171.179", "50.18.194.140"] {
-        let r = client_from("127.0.0.100")
-            .get(g.addr(), "/wp-json/wc/v3/orders")
-            .header("X-Forwarded-For", ip)
-            .send()
+        let r = g
+            .call(client_from("127.0.0.100").get(IN_PROCESS, "/wp-json/wc/v3/orders").header("X-Forwarded-For", ip))
             .await;
         assert_eq!(r.status, 401, "{ip}");
     }
@@ -50,17 +52,17 @@ async fn near_miss_addresses_are_not_admitted() {
 
 #[tokio::test]
 async fn login_admits_and_strips_the_guards_credentials() {
-    let g = TestGuard::start().await;
-    let r = client_from("127.0.0.3").get(g.addr(), "/shop").basic("alice", ALICE).send().await;
+    let g = InProcess::start().await;
+    let r = g.call(client_from("127.0.0.3").get(IN_PROCESS, "/shop").basic("alice", ALICE)).await;
     assert_eq!(r.status, 200);
     assert_eq!(g.upstream.last().header("authorization"), None);
     let rec = g.record(1).await;
     assert_eq!(rec["decision"], "auth_ok");
     assert_eq!(rec["user"], "alice");
-    let r = client_from("127.0.0.3").get(g.addr(), "/shop").basic("alice", "wrong").send().await;
+    let r = g.call(client_from("127.0.0.3").get(IN_PROCESS, "/shop").basic("alice", "wrong")).await;
     assert_eq!(r.status, 401);
     assert_eq!(g.record(2).await["decision"], "auth_fail");
-    let r = client_from("127.0.0.3").get(g.addr(), "/shop").basic("mallory", ALICE).send().await;
+    let r = g.call(client_from("127.0.0.3").get(IN_PROCESS, "/shop").basic("mallory", ALICE)).await;
     assert_eq!(r.status, 401);
     assert_eq!(g.record(3).await["error"], "unknown user");
     assert_eq!(g.upstream.count(), 1);
@@ -68,9 +70,9 @@ async fn login_admits_and_strips_the_guards_credentials() {
 
 #[tokio::test]
 async fn office_is_admitted_to_admin_and_others_are_denied() {
-    let g = TestGuard::start().await;
-    assert_eq!(client_from("127.0.0.2").get(g.addr(), "/wp-admin/").send().await.status, 200);
-    let r = client_from("127.0.0.3").get(g.addr(), "/wp-admin/").basic("alice", ALICE).send().await;
+    let g = InProcess::start().await;
+    assert_eq!(g.call(client_from("127.0.0.2").get(IN_PROCESS, "/wp-admin/")).await.status, 200);
+    let r = g.call(client_from("127.0.0.3").get(IN_PROCESS, "/wp-admin/").basic("alice", ALICE)).await;
     assert_eq!(r.status, 403);
     let rec = g.record(2).await;
     assert_eq!(rec["decision"], "deny");
@@ -80,8 +82,8 @@ async fn office_is_admitted_to_admin_and_others_are_denied() {
 
 #[tokio::test]
 async fn open_rule_forwards_everyone() {
-    let g = TestGuard::start().await;
-    assert_eq!(client_from("127.0.0.3").get(g.addr(), "/feed/rss").send().await.status, 200);
+    let g = InProcess::start().await;
+    assert_eq!(g.call(client_from("127.0.0.3").get(IN_PROCESS, "/feed/rss")).await.status, 200);
     assert_eq!(g.record(1).await["decision"], "open");
 }
 

@@ -153,6 +153,26 @@ fn parse_raw_request(buf: &[u8]) -> Recorded {
     }
 }
 
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The real binary.
+pub fn cartguard() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cartguard"))
+}
+
+/// The integration, played through the trusted proxy (127.0.0.100): admitted by every
+/// default rule, so anything but a 200 is the guard's own doing.
+pub fn integration(g: &impl Serve, target: &str) -> RequestBuilder {
+    client_from("127.0.0.100").get(g.addr(), target).header("X-Forwarded-For", "50.18.194.14")
+}
+
 /// A low-cost bcrypt hash (cost 4) for fixtures.
 pub fn hash(password: &str) -> String {
     bcrypt::hash(password, 4).unwrap()
@@ -281,28 +301,11 @@ impl TestGuard {
 
     /// Waits until the access log holds at least `n` lines and returns them parsed.
     pub async fn log_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        self.raw_log_lines(n)
-            .await
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {e}: {l}")))
-            .collect()
+        json_log_lines(&self.log_path(), n).await
     }
 
     pub async fn raw_log_lines(&self, n: usize) -> Vec<String> {
-        for _ in 0..200 {
-            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            // The writer may be mid-line: only newline-terminated lines count.
-            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-            let lines: Vec<String> = complete.lines().map(str::to_string).collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "access log has fewer than {n} lines:\n{}",
-            std::fs::read_to_string(self.log_path()).unwrap_or_default()
-        );
+        raw_log_lines(&self.log_path(), n).await
     }
 
     /// The last access record (waits for `n` records in total).
@@ -319,6 +322,119 @@ impl TestGuard {
     pub fn rewrite_config(&self, f: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         std::fs::write(&self.config_path, f(text)).unwrap();
+    }
+}
+
+/// Waits until the log file holds at least `n` complete lines.
+pub async fn raw_log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // The writer may be mid-line: only newline-terminated lines count.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let lines: Vec<String> = complete.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("access log has fewer than {n} lines:\n{}", std::fs::read_to_string(path).unwrap_or_default());
+}
+
+pub async fn json_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    raw_log_lines(path, n)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {e}: {l}")))
+        .collect()
+}
+
+/// The guard's handler called in this process, with no listener: the request
+/// facts a socket would give (peer address) are passed in. The upstream is real.
+pub struct InProcess {
+    pub shared: Arc<cartguard::state::Shared>,
+    pub dir: tempfile::TempDir,
+    pub upstream: Upstream,
+}
+
+/// A guard a test can send a request to: the real listener or the in-process handler.
+pub trait Serve {
+    fn addr(&self) -> SocketAddr;
+    async fn serve(&self, rb: RequestBuilder) -> Reply;
+}
+
+impl Serve for TestGuard {
+    fn addr(&self) -> SocketAddr {
+        TestGuard::addr(self)
+    }
+    async fn serve(&self, rb: RequestBuilder) -> Reply {
+        rb.send().await
+    }
+}
+
+impl Serve for InProcess {
+    fn addr(&self) -> SocketAddr {
+        IN_PROCESS
+    }
+    async fn serve(&self, rb: RequestBuilder) -> Reply {
+        self.call(rb).await
+    }
+}
+
+/// The address requests are "sent" to in process; never connected to.
+pub const IN_PROCESS: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl InProcess {
+    pub async fn start() -> InProcess {
+        Self::start_with(GuardOptions::default()).await
+    }
+
+    pub async fn with_body(body: &str) -> InProcess {
+        Self::start_with(GuardOptions { body: body.to_string(), ..Default::default() }).await
+    }
+
+    pub async fn start_with(o: GuardOptions) -> InProcess {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = TestGuard::yaml(&o, &upstream, &dir);
+        let config = Config::from_yaml(&yaml, &dir.path().join("cartguard.yaml"))
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+        let shared = cartguard::shared_state(config).unwrap();
+        InProcess { shared, dir, upstream }
+    }
+
+    /// Runs the whole handler for one request from `rb`'s source address.
+    pub async fn call(&self, rb: RequestBuilder) -> Reply {
+        let mut req = Request::builder().method(rb.method.as_str()).uri(rb.target.as_str());
+        for (n, v) in &rb.headers {
+            req = req.header(n.as_str(), v.as_str());
+        }
+        let req = req.body(Full::new(Bytes::from(rb.body))).unwrap();
+        let conn = Arc::new(cartguard::conn::ConnInfo::detached(SocketAddr::new(rb.source, 40000), "in-process"));
+        let resp = cartguard::proxy::handle(self.shared.clone(), conn, req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+
+    /// The `n`th access record (waits for `n` records in total).
+    pub async fn record(&self, n: usize) -> serde_json::Value {
+        json_log_lines(&self.log_path(), n).await[n - 1].clone()
+    }
+
+    pub fn status(&self) -> cartguard::status::StatusDoc {
+        cartguard::status::StatusDoc::collect(&self.shared)
     }
 }
 

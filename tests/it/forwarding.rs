@@ -1,4 +1,4 @@
-//! What reaches the cart and what comes back (issue 2, point 6): header hygiene,
+//! What reaches the cart and what comes back: header hygiene,
 //! forwarding headers, Host, credentials, streamed bodies, limits and upstream failures.
 
 use std::time::Duration;
@@ -6,11 +6,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
-
-/// The integration through the trusted proxy (admitted by every default rule).
-fn integration(g: &TestGuard, target: &str) -> RequestBuilder {
-    client_from("127.0.0.100").get(g.addr(), target).header("X-Forwarded-For", "50.18.194.14")
-}
 
 /// The office (127.0.0.2): admitted by the `site` rule, from an untrusted peer.
 fn office(g: &TestGuard, target: &str) -> RequestBuilder {
@@ -255,14 +250,16 @@ async fn allowlisted_clients_authorization_is_untouched() {
 
 #[tokio::test]
 async fn request_body_reaches_the_upstream_intact() {
-    let g = TestGuard::start().await;
+    let g = InProcess::start().await;
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let r = client_from("127.0.0.100")
-        .request(g.addr(), "POST", "/wp-json/wc/v3/orders")
-        .header("X-Forwarded-For", "50.18.194.14")
-        .header("Content-Type", "application/octet-stream")
-        .body(&body)
-        .send()
+    let r = g
+        .call(
+            client_from("127.0.0.100")
+                .request(IN_PROCESS, "POST", "/wp-json/wc/v3/orders")
+                .header("X-Forwarded-For", "50.18.194.14")
+                .header("Content-Type", "application/octet-stream")
+                .body(&body),
+        )
         .await;
     assert_eq!(r.status, 200);
     let seen = g.upstream.last();
@@ -457,7 +454,7 @@ async fn misbehaving_upstream(reply: Vec<u8>) -> std::net::SocketAddr {
     addr
 }
 
-/// Issue 5 point 3: a response the guard cannot frame or whose head is oversized
+/// A response the guard cannot frame or whose head is oversized
 /// becomes a 502 with a reason, never a half-forwarded answer.
 #[tokio::test]
 async fn misbehaving_upstream_responses_become_502() {

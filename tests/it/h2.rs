@@ -1,4 +1,4 @@
-//! HTTP/2 (issue 5, point 1): prior knowledge on the plain listener, the stream
+//! HTTP/2: prior knowledge on the plain listener, the stream
 //! limit, and hyper/h2's protections against rapid reset (CVE-2023-44487), header
 //! lists over `limits.max_header_bytes` and CONTINUATION floods.
 //!
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,10 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::common::*;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.unwrap_or_else(|_| panic!("{what} timed out"))

@@ -2,22 +2,12 @@
 //! field, secrets kept out, both formats parseable and injection-proof, and
 //! report mode.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// The complete lines of the access log once it holds at least `n` (bounded
 /// wait). A line the writer has only half written is not returned: reading the

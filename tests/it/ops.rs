@@ -480,8 +480,9 @@ fn bin_yaml(port: u16, admin: u16, upstream: &str, log: &Path) -> String {
     )
 }
 
-fn cartguard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cartguard"));
+/// The binary with one worker and info logging, as the unit runs it.
+fn cartguard_service() -> Command {
+    let mut c = cartguard();
     c.env("CARTGUARD_WORKER_THREADS", "1").env("CARTGUARD_LOG", "info");
     c
 }
@@ -503,7 +504,7 @@ impl Running {
         let (port, admin) = (free_port(), free_port());
         let config = dir.path().join("cartguard.yaml");
         std::fs::write(&config, bin_yaml(port, admin, &upstream.url(), &dir.path().join("access.log"))).unwrap();
-        let child = cartguard()
+        let child = cartguard_service()
             .args(["run", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -671,7 +672,7 @@ fn startup_with_the_port_in_use_fails_with_one_clear_line() {
     let config = dir.path().join("cartguard.yaml");
     let yaml = bin_yaml(port, free_port(), &format!("http://127.0.0.1:{}", free_port()), &dir.path().join("a.log"));
     std::fs::write(&config, yaml).unwrap();
-    let out = cartguard().args(["run", "--config"]).arg(&config).stdin(Stdio::null()).output().unwrap();
+    let out = cartguard_service().args(["run", "--config"]).arg(&config).stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("already in use")).collect();
@@ -692,7 +693,7 @@ fn startup_with_an_invalid_config_names_file_line_and_column() {
     );
     let line = yaml.lines().position(|l| l.contains("alow:")).unwrap() + 1;
     std::fs::write(&config, yaml).unwrap();
-    let out = cartguard().args(["run", "--config"]).arg(&config).stdin(Stdio::null()).output().unwrap();
+    let out = cartguard_service().args(["run", "--config"]).arg(&config).stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let prefix = format!("{}:{line}:", config.display());

@@ -1,13 +1,7 @@
-//! Which rule a path falls under, and path tricks (issue 2, points 3 and 4),
-//! through the real server and the recording upstream.
+//! Which rule a path falls under, and path tricks, through the handler and the
+//! recording upstream (raw-byte targets through the real listener).
 
 use crate::common::*;
-
-/// The integration, played through the trusted proxy: admitted by every default rule,
-/// so anything but a 200 is the guard's path handling at work.
-fn integration(g: &TestGuard, target: &str) -> RequestBuilder {
-    client_from("127.0.0.100").get(g.addr(), target).header("X-Forwarded-For", "50.18.194.14")
-}
 
 /// Raw request bytes (the target may hold any byte) from the integration via the trusted proxy.
 fn integration_raw(target: &[u8]) -> Vec<u8> {
@@ -21,8 +15,8 @@ fn integration_raw(target: &[u8]) -> Vec<u8> {
 
 /// The office (127.0.0.2) is admitted by `site` but must log in on `cart-api`:
 /// 401 means cart-api matched, 200 means the request fell through to site.
-async fn office_status(g: &TestGuard, target: &str) -> u16 {
-    client_from("127.0.0.2").get(g.addr(), target).send().await.status
+async fn office_status(g: &impl Serve, target: &str) -> u16 {
+    g.serve(client_from("127.0.0.2").get(g.addr(), target)).await.status
 }
 
 #[tokio::test]
@@ -62,7 +56,7 @@ async fn path_prefix_matches_case_insensitively() {
 
 #[tokio::test]
 async fn rest_route_query_hits_the_api_rule() {
-    let g = TestGuard::start().await;
+    let g = InProcess::start().await;
     let cases: &[(&str, &str, u16)] = &[
         ("/?rest_route=/wc/v3/orders", "cart-api", 401),
         ("/index.php?rest_route=/wc/v3/orders", "cart-api", 401),
@@ -84,7 +78,7 @@ async fn rest_route_query_hits_the_api_rule() {
 
 #[tokio::test]
 async fn repeated_rest_route_is_checked_in_every_occurrence() {
-    let g = TestGuard::start().await;
+    let g = InProcess::start().await;
     let targets = [
         "/?rest_route=/wp/v2/posts&rest_route=/wc/v3/orders",
         "/?rest_route=/wc/v3/orders&rest_route=/wp/v2/posts",
@@ -139,7 +133,7 @@ rules:
     assert_eq!(g.upstream.last().method, "GET");
 }
 
-/// Every path trick of issue 2 point 4, sent by a client every rule admits: 400, logged, never forwarded.
+/// Every path trick (dot segments, encoded slashes, ...), sent by a client every rule admits: 400, logged, never forwarded.
 #[tokio::test]
 async fn path_tricks_are_refused_logged_and_not_forwarded() {
     let g = TestGuard::start().await;
@@ -272,7 +266,7 @@ async fn query_is_forwarded_unchanged() {
     assert_eq!(g.upstream.last().target, "/wp-json/wc/v3?rest_route=//wc//v3&q=%2F%2F");
 }
 
-/// Issue 2 point 4 lists a raw '#' among the bytes to refuse, but the http crate's URI parser cuts
+/// A raw '#' is among the bytes to refuse, but the http crate's URI parser cuts
 /// the target at '#' before the guard sees it. What holds: the cut-off part is never forwarded, and
 /// the rule is chosen on exactly what is forwarded.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! TLS termination and HTTPS upstreams (issue 3): ALPN h2/http1.1 through the same
+//! TLS termination and HTTPS upstreams: ALPN h2/http1.1 through the same
 //! decisions, SNI certificate choice, protocol versions, certificate reload, a
 //! private-CA upstream, and hostile bytes on the TLS port. Every certificate is
 //! generated here with rcgen and lives only in a temp folder.
@@ -842,7 +842,7 @@ async fn check_warns_about_expiring_or_uncovering_certificates() {
     assert!(stderr.contains("gone.pem"), "{stderr}");
 }
 
-/// Issue 3 point 6: a plain listener with `redirect_https` sends everyone to https,
+/// A plain listener with `redirect_https` sends everyone to https,
 /// except clients a rule admits by group (integrations configured with http:// URLs).
 #[tokio::test]
 async fn redirect_https_sends_others_to_https_but_serves_allowlisted_groups() {
