@@ -74,12 +74,15 @@ impl Shared {
 pub struct RuleStats {
     /// [decision][status class 1xx..5xx]
     pub counts: [[AtomicU64; 5]; DecisionLabel::ALL.len()],
+    /// Whole-request time (until the response body ends) by decision.
+    pub durations: [Histogram; DecisionLabel::ALL.len()],
 }
 
 impl RuleStats {
-    pub fn count(&self, decision: DecisionLabel, status: u16) {
+    pub fn count(&self, decision: DecisionLabel, status: u16, took: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.counts[decision.index()][class].fetch_add(1, Ordering::Relaxed);
+        self.durations[decision.index()].observe(took);
     }
 
     pub fn by_decision(&self) -> Vec<(DecisionLabel, u64)> {
@@ -161,6 +164,27 @@ pub const RECENT_DENIALS: usize = 100;
 const MAX_ALARMS: usize = 1000;
 pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A Prometheus-style histogram over LATENCY_BUCKETS (cumulative buckets).
+#[derive(Default)]
+pub struct Histogram {
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub count: AtomicU64,
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 pub struct UpstreamHealth {
     pub reachable: AtomicBool,
@@ -168,21 +192,13 @@ pub struct UpstreamHealth {
     pub last_error: Mutex<Option<String>>,
     pub last_ok_at: Mutex<Option<SystemTime>>,
     pub in_flight: AtomicI64,
-    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    pub latency_count: AtomicU64,
-    pub latency_sum_us: AtomicU64,
+    /// Time to the upstream's response head.
+    pub latency: Histogram,
 }
 
 impl UpstreamHealth {
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(d);
     }
 
     pub fn ok(&self) {

@@ -142,14 +142,15 @@ fn truncate(s: &str, max: usize) -> String {
 impl Drop for Pending {
     fn drop(&mut self) {
         let r = &mut self.record;
-        r.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let took = self.start.elapsed();
+        r.duration_ms = took.as_secs_f64() * 1000.0;
         r.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         match self.rule.and_then(|i| self.runtime.rule_stats.get(i)) {
-            Some(s) => s.count(r.decision, r.status),
+            Some(s) => s.count(r.decision, r.status, took),
             // Refused before any rule applied (bad requests, connection-level refusals).
-            None => stats.no_rule.count(r.decision, r.status),
+            None => stats.no_rule.count(r.decision, r.status, took),
         }
         if self.member_of != 0 {
             let at = SystemTime::now();

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::state::{Shared, LATENCY_BUCKETS};
+use crate::state::{Histogram, Shared, LATENCY_BUCKETS};
 use crate::verdict::DecisionLabel;
 
 pub fn metrics(shared: &Shared) -> String {
@@ -15,7 +15,7 @@ pub fn metrics(shared: &Shared) -> String {
     m.push_str("# HELP cartguard_requests_total Requests by rule, decision and status class.\n# TYPE cartguard_requests_total counter\n");
     let mut rules: Vec<_> = stats.rules_snapshot().into_iter().collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, s) in rules {
+    for (name, s) in &rules {
         for d in DecisionLabel::ALL {
             for (class, counter) in s.counts[d.index()].iter().enumerate() {
                 let n = counter.load(Ordering::Relaxed);
@@ -23,7 +23,7 @@ pub fn metrics(shared: &Shared) -> String {
                     let _ = writeln!(
                         m,
                         "cartguard_requests_total{{rule=\"{}\",decision=\"{}\",status_class=\"{}xx\"}} {n}",
-                        label(&name),
+                        label(name),
                         d.as_str(),
                         class + 1
                     );
@@ -31,23 +31,19 @@ pub fn metrics(shared: &Shared) -> String {
             }
         }
     }
+    m.push_str("# HELP cartguard_request_duration_seconds Whole-request time (to the end of the response body) by rule and decision.\n# TYPE cartguard_request_duration_seconds histogram\n");
+    for (name, s) in &rules {
+        for d in DecisionLabel::ALL {
+            let h = &s.durations[d.index()];
+            if h.count.load(Ordering::Relaxed) > 0 {
+                let labels = format!("rule=\"{}\",decision=\"{}\"", label(name), d.as_str());
+                histogram(&mut m, "cartguard_request_duration_seconds", &labels, h);
+            }
+        }
+    }
     let up = &stats.upstream;
     m.push_str("# HELP cartguard_upstream_response_seconds Time to the upstream's response head.\n# TYPE cartguard_upstream_response_seconds histogram\n");
-    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            m,
-            "cartguard_upstream_response_seconds_bucket{{le=\"{b}\"}} {}",
-            up.latency_buckets[i].load(Ordering::Relaxed)
-        );
-    }
-    let count = up.latency_count.load(Ordering::Relaxed);
-    let _ = writeln!(m, "cartguard_upstream_response_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(
-        m,
-        "cartguard_upstream_response_seconds_sum {}",
-        up.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(m, "cartguard_upstream_response_seconds_count {count}");
+    histogram(&mut m, "cartguard_upstream_response_seconds", "", &up.latency);
     let gauge = |m: &mut String, name: &str, help: &str, kind: &str, value: String| {
         let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
@@ -114,6 +110,20 @@ pub fn metrics(shared: &Shared) -> String {
             s.last_seen_unix_ms.load(Ordering::Relaxed) / 1000
         );
     }
+    let freshness = super::group_freshness(shared);
+    m.push_str("# HELP cartguard_group_expected_within_seconds The status.expect window of each watched group.\n# TYPE cartguard_group_expected_within_seconds gauge\n");
+    for f in &freshness {
+        let _ = writeln!(
+            m,
+            "cartguard_group_expected_within_seconds{{group=\"{}\"}} {}",
+            label(&f.group),
+            f.within.as_secs()
+        );
+    }
+    m.push_str("# HELP cartguard_group_stale 1 when a watched group was not seen within its status.expect window (as /healthz says).\n# TYPE cartguard_group_stale gauge\n");
+    for f in &freshness {
+        let _ = writeln!(m, "cartguard_group_stale{{group=\"{}\"}} {}", label(&f.group), u8::from(f.stale));
+    }
     m.push_str("# HELP cartguard_certificate_expiry_timestamp_seconds Unix time each certificate expires.\n# TYPE cartguard_certificate_expiry_timestamp_seconds gauge\n");
     for (listener, info) in shared.tls.infos() {
         let _ = writeln!(
@@ -124,5 +134,84 @@ pub fn metrics(shared: &Shared) -> String {
             info.not_after_unix
         );
     }
+    let _ = writeln!(
+        m,
+        "# HELP cartguard_build_info The running version.\n# TYPE cartguard_build_info gauge\ncartguard_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    process_metrics(&mut m);
     m
+}
+
+/// Writes one histogram's buckets, sum and count; `labels` is empty or `k="v",...`.
+fn histogram(m: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        let _ = writeln!(m, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", h.buckets[i].load(Ordering::Relaxed));
+    }
+    let count = h.count.load(Ordering::Relaxed);
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(m, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let _ = writeln!(m, "{name}_sum{braces} {}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(m, "{name}_count{braces} {count}");
+}
+
+/// The standard process_* metrics (as the Prometheus client libraries name them), from /proc.
+fn process_metrics(m: &mut String) {
+    let page = 4096u64;
+    let ticks = 100f64; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        // fields[0] is the state (3rd field of stat): utime = 14th, stime = 15th, rss = 24th.
+        if let (Some(utime), Some(stime)) = (field(11), field(12)) {
+            let _ = writeln!(
+                m,
+                "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+                (utime + stime) as f64 / ticks
+            );
+        }
+        if let Some(rss) = field(21) {
+            let _ = writeln!(
+                m,
+                "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+                rss * page
+            );
+        }
+    }
+    if let Some(start) = process_start_unix() {
+        let _ = writeln!(
+            m,
+            "# HELP process_start_time_seconds Unix time the process started.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}"
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            m,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            dir.count()
+        );
+    }
+    if let Some(max) = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
+        l.lines().find(|x| x.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse::<u64>().ok()
+    }) {
+        let _ = writeln!(
+            m,
+            "# HELP process_max_fds Limit of open file descriptors.\n# TYPE process_max_fds gauge\nprocess_max_fds {max}"
+        );
+    }
+}
+
+/// Boot time plus the process's start tick, both from /proc.
+fn process_start_unix() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    Some(btime + start_ticks / 100)
 }

@@ -100,6 +100,36 @@ fn prefers_html(req: &Request<Incoming>) -> bool {
     q("text/html") > q("application/json")
 }
 
+/// Whether a group watched by `status.expect` was seen within its window.
+pub struct Freshness {
+    pub group: String,
+    pub within: Duration,
+    /// None: never seen since the guard started.
+    pub last_seen_ago: Option<Duration>,
+    /// Past its window (a never-seen group only once the guard has run that long).
+    pub stale: bool,
+}
+
+pub fn group_freshness(shared: &Shared) -> Vec<Freshness> {
+    let rt = shared.runtime.load();
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    rt.config
+        .status
+        .expect
+        .iter()
+        .filter_map(|e| {
+            let i = rt.config.policy.group_index(&e.group)?;
+            let last_ms = rt.group_stats[i].last_seen_unix_ms.load(Ordering::Relaxed);
+            let ago = (last_ms != 0).then(|| Duration::from_millis(now_ms.saturating_sub(last_ms)));
+            let stale = match ago {
+                None => shared.started.elapsed() >= e.within,
+                Some(ago) => ago >= e.within,
+            };
+            Some(Freshness { group: e.group.clone(), within: e.within, last_seen_ago: ago, stale })
+        })
+        .collect()
+}
+
 /// Why /healthz is failing; empty when healthy.
 pub fn health_reasons(shared: &Shared) -> Vec<String> {
     let rt = shared.runtime.load();
@@ -109,22 +139,12 @@ pub fn health_reasons(shared: &Shared) -> Vec<String> {
         let err = up.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
         reasons.push(format!("upstream {} unreachable: {err}", rt.config.upstream.authority));
     }
-    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    for e in &rt.config.status.expect {
-        let Some(i) = rt.config.policy.group_index(&e.group) else {
-            continue;
+    for g in group_freshness(shared).into_iter().filter(|g| g.stale) {
+        let seen = match g.last_seen_ago {
+            None => "never seen since start".to_string(),
+            Some(ago) => format!("last seen {}s ago", ago.as_secs()),
         };
-        let last_ms = rt.group_stats[i].last_seen_unix_ms.load(Ordering::Relaxed);
-        let ago = Duration::from_millis(now_ms.saturating_sub(last_ms));
-        let stale = if last_ms == 0 { shared.started.elapsed() >= e.within } else { ago >= e.within };
-        if stale {
-            let seen = if last_ms == 0 {
-                "never seen since start".to_string()
-            } else {
-                format!("last seen {}s ago", ago.as_secs())
-            };
-            reasons.push(format!("group {} not seen within {}s ({seen})", e.group, e.within.as_secs()));
-        }
+        reasons.push(format!("group {} not seen within {}s ({seen})", g.group, g.within.as_secs()));
     }
     let reload = shared.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(err) = reload.last_reload_error {

@@ -9,6 +9,7 @@ mod forwarding;
 mod h2;
 mod hostile;
 mod logging;
+mod monitoring;
 mod ops;
 mod paths;
 mod tls;

@@ -290,6 +290,21 @@ async fn metrics_count_requests_by_rule_decision_and_status_class() {
     assert_eq!(metric(&m, "cartguard_reloads_total{result=\"success\"}"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "cartguard_reloads_total{result=\"failure\"}"), Some(0.0), "{m}");
     assert!(metric(&m, "cartguard_active_connections").is_some(), "{m}");
+    let took = |rule: &str, decision: &str, what: &str| {
+        metric(&m, &format!("cartguard_request_duration_seconds_{what}{{rule=\"{rule}\",decision=\"{decision}\"}}"))
+    };
+    assert_eq!(took("cart-api", "allow", "count"), Some(2.0), "{m}");
+    assert_eq!(took("site", "challenge", "count"), Some(1.0), "{m}");
+    assert!(took("cart-api", "allow", "sum").is_some_and(|s| s > 0.0), "{m}");
+    assert_eq!(
+        metric(&m, "cartguard_request_duration_seconds_bucket{rule=\"cart-api\",decision=\"allow\",le=\"+Inf\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, &format!("cartguard_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), Some(1.0));
+    assert!(metric(&m, "process_resident_memory_bytes").is_some_and(|v| v > 1e6), "{m}");
+    assert!(metric(&m, "process_open_fds").is_some_and(|v| v >= 3.0), "{m}");
+    assert!(metric(&m, "process_cpu_seconds_total").is_some(), "{m}");
 
     g.guard().reload().unwrap();
     let m = metrics(g.admin()).await;
