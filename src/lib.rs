@@ -26,6 +26,7 @@ pub mod report;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod timeline;
 pub mod tls;
 pub mod upstream;
 pub mod users;

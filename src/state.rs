@@ -226,6 +226,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Requests refused before a rule applied (bad requests, connection-level refusals).
     pub no_rule: RuleStats,
+    /// Allow-group members' requests by hour and outcome, for the status page.
+    pub timeline: crate::timeline::Timeline,
 }
 
 impl Stats {

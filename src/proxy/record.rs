@@ -154,6 +154,9 @@ impl Drop for Pending {
         }
         if self.member_of != 0 {
             let at = SystemTime::now();
+            let unix = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+            let from_upstream = matches!(r.source, crate::access_log::StatusSource::Upstream);
+            stats.timeline.record(unix, crate::timeline::Outcome::of(r.status, from_upstream));
             for (i, g) in self.runtime.group_stats.iter().enumerate() {
                 if self.member_of & (1 << i) != 0 {
                     g.seen(GroupLast {

@@ -13,6 +13,7 @@ use crate::access_log::rfc3339;
 use crate::bans::BanView;
 use crate::policy::{Mode, Others};
 use crate::state::{Alarm, Denial, Shared};
+use crate::timeline::HourCount;
 use crate::verdict::DecisionLabel;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub struct StatusDoc {
     pub auth_failures: u64,
     pub certificates: Vec<CertificateStatus>,
     pub access_log_dropped: u64,
+    /// Allow-group members' requests over the last 24 hours, oldest hour first.
+    pub timeline: Vec<HourCount>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -133,6 +136,7 @@ impl Default for StatusDoc {
             auth_failures: 0,
             certificates: Vec::new(),
             access_log_dropped: 0,
+            timeline: Vec::new(),
         }
     }
 }
@@ -238,6 +242,12 @@ impl StatusDoc {
                 })
                 .collect(),
             access_log_dropped: shared.access_log.dropped(),
+            timeline: stats.timeline.last_24h(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default(),
+            ),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::doc::StatusDoc;
+use crate::timeline::HourCount;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -108,6 +109,7 @@ pub fn render(doc: &StatusDoc) -> String {
         doc.active_connections,
         doc.access_log_dropped,
     );
+    timeline_svg(&mut out, &doc.timeline);
     if !doc.config.warnings.is_empty() {
         let _ = write!(out, "<h2>Config warnings</h2>{}", list(&doc.config.warnings));
     }
@@ -203,6 +205,54 @@ pub fn render(doc: &StatusDoc) -> String {
     out
 }
 
+/// Stacked hourly bars (served, refused, failed) as inline SVG: no script, no external asset.
+fn timeline_svg(out: &mut String, hours: &[HourCount]) {
+    const BAR: usize = 22;
+    const HEIGHT: u64 = 120;
+    let total: u64 = hours.iter().map(|h| h.served + h.refused + h.failed).sum();
+    let _ = write!(out, "<h2>Allowlisted requests, last 24 hours (UTC)</h2>");
+    if total == 0 {
+        out.push_str("<p class=none>no requests from an allow group in the last 24 hours</p>");
+        return;
+    }
+    let max = hours.iter().map(|h| h.served + h.refused + h.failed).max().unwrap_or(1).max(1);
+    let width = hours.len() * BAR + 70;
+    let _ = write!(
+        out,
+        "<svg role=img aria-label=\"allowlisted requests per hour\" width={width} height={} viewBox=\"0 0 {width} {}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=10>",
+        HEIGHT + 30,
+        HEIGHT + 30
+    );
+    let _ = write!(out, "<text x=0 y=10>{max}</text><text x=0 y={HEIGHT}>0</text>");
+    for (i, h) in hours.iter().enumerate() {
+        let x = 40 + i * BAR;
+        let mut y = HEIGHT;
+        for (n, color, what) in
+            [(h.served, "#2a8f3c", "served"), (h.refused, "#e08a00", "refused"), (h.failed, "#c62828", "failed")]
+        {
+            if n == 0 {
+                continue;
+            }
+            let height = (n * HEIGHT).div_ceil(max);
+            y = y.saturating_sub(height);
+            let hour = (h.hour_start / 3600) % 24;
+            let _ = write!(
+                out,
+                "<rect x={x} y={y} width={} height={height} fill=\"{color}\"><title>{hour:02}:00 {what}: {n}</title></rect>",
+                BAR - 4
+            );
+        }
+        if i % 6 == 0 || i + 1 == hours.len() {
+            let _ = write!(out, "<text x={x} y={}>{:02}:00</text>", HEIGHT + 14, (h.hour_start / 3600) % 24);
+        }
+    }
+    let _ = write!(
+        out,
+        "<text x=40 y={}><tspan fill=\"#2a8f3c\">■ served</tspan> <tspan fill=\"#e08a00\">■ refused by the guard</tspan> <tspan fill=\"#c62828\">■ failed (5xx)</tspan></text></svg>",
+        HEIGHT + 28
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +271,24 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("<ul><li>10.0.0.0/8</li><li>2001:db8::/32</li></ul>"), "{html}");
         assert!(!html.contains("[\""), "no JSON arrays in cells: {html}");
+        assert!(html.contains("no requests from an allow group"), "{html}");
+    }
+
+    #[test]
+    fn the_timeline_draws_one_bar_segment_per_outcome_and_hour() {
+        let mut doc = StatusDoc {
+            timeline: (0..24u64).map(|i| HourCount { hour_start: i * 3600, ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        doc.timeline[23] = HourCount { hour_start: 23 * 3600, served: 10, refused: 2, failed: 1 };
+        doc.timeline[5].served = 5;
+        let html = render(&doc);
+        assert_eq!(html.matches("<rect ").count(), 4, "{html}");
+        assert!(html.contains("<title>23:00 served: 10</title>"), "{html}");
+        assert!(html.contains("<title>23:00 failed: 1</title>"), "{html}");
+        // The tallest hour fills the chart; a half-as-busy hour gets half the height.
+        assert!(html.contains("height=93 fill=\"#2a8f3c\"><title>23:00 served"), "{html}");
+        assert!(html.contains("height=47 fill=\"#2a8f3c\"><title>05:00 served"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
     }
 }

@@ -12,4 +12,5 @@ mod logging;
 mod monitoring;
 mod ops;
 mod paths;
+mod status_page;
 mod tls;
