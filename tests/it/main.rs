@@ -12,3 +12,4 @@ mod logging;
 mod ops;
 mod paths;
 mod tls;
+mod upstream_pool;
