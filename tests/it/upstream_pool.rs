@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
 
-/// A raw HTTP/1.1 cart that counts the connections it accepted. With
+/// A raw HTTP/1.1 cart that counts the connections that carried a request (the
+/// guard's health probe also connects, but sends nothing). With
 /// `close_after_answer` it closes each connection right after its first answer,
 /// without announcing it (as a cart with a short keep-alive timeout does).
 struct CountingCart {
@@ -27,8 +28,7 @@ impl CountingCart {
         let count = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer_heads(stream, close_after_answer));
+                tokio::spawn(answer_heads(stream, close_after_answer, count.clone()));
             }
         });
         CountingCart { addr, accepted, task }
@@ -42,12 +42,16 @@ impl Drop for CountingCart {
 }
 
 /// Answers every request head (GETs, no bodies) with a 2-byte body.
-async fn answer_heads(mut stream: TcpStream, close_after_answer: bool) {
+async fn answer_heads(mut stream: TcpStream, close_after_answer: bool, used: Arc<AtomicUsize>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut first = true;
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.drain(..end + 4);
+            if std::mem::take(&mut first) {
+                used.fetch_add(1, Ordering::SeqCst);
+            }
             if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
                 return;
             }
