@@ -81,6 +81,7 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v taskset >/dev/null || need_pkgs+=(util-linux)
 command -v pgrep >/dev/null || need_pkgs+=(procps)
+[[ "${INSTR_RUN:-1}" != 1 ]] || command -v callgrind_control >/dev/null || need_pkgs+=(valgrind)
 if ((${#need_pkgs[@]})); then
     command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
     SUDO=""
@@ -374,6 +375,9 @@ CASES=(
 )
 [[ "$NGINX_10K" == 1 ]] && CASES+=("ng_10k|ng-10k|$P_NG_10K|no|e. nginx, $CIDRS allow lines + allow")
 
+# CPU ticks (user + system, all threads) used so far by one process.
+CLK_TCK=$(getconf CLK_TCK)
+pid_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # CPU ticks used so far by every server process.
 server_ticks() {
     local t=0 pid
@@ -419,19 +423,22 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in "${CASES[@]}"; do
         IFS='|' read -r key name port auth label <<<"$c"
         settle
+        ticks=$(pid_ticks "${SERVE_PID[$name]}")
         run_wrk "$key" "$port" "$auth" "$DURATION" "$WORK/$key.$round.wrk"
+        ticks=$(($(pid_ticks "${SERVE_PID[$name]}") - ticks))
         read -r rps p50 p99 errs n < <(parse_wrk "$WORK/$key.$round.wrk")
-        RUNS[$key]+="$rps $p50 $p99 $errs"$'\n'
+        cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else printf "-" }')
+        RUNS[$key]+="$rps $p50 $p99 $errs $cpu"$'\n'
         TOTAL_REQ[$key]=$((TOTAL_REQ[$key] + n))
-        say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs"
+        say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs, CPU $cpu µs/request"
     done
 done
 
 # The round with the median req/s: "rps p50 p99 errors", plus "min-max" of req/s.
-declare -A RPS P50 P99 ERRS SPREAD
+declare -A RPS P50 P99 ERRS CPU SPREAD
 for c in "${CASES[@]}"; do
     IFS='|' read -r key _ <<<"$c"
-    read -r RPS[$key] P50[$key] P99[$key] ERRS[$key] < <(printf '%s' "${RUNS[$key]}" | sort -n -k1,1 |
+    read -r RPS[$key] P50[$key] P99[$key] ERRS[$key] CPU[$key] < <(printf '%s' "${RUNS[$key]}" | sort -n -k1,1 |
         awk '{ l[NR] = $0 } END { print l[int((NR + 1) / 2)] }')
     SPREAD[$key]=$(printf '%s' "${RUNS[$key]}" | sort -n -k1,1 | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')
 done
@@ -532,6 +539,51 @@ if ((IDLE_CONNS > 0)); then
     fi
 fi
 
+# ---------------------------------------------------------------- instructions per request
+# The allowlisted case again, each proxy restarted alone under callgrind (the VM has no
+# hardware counters for `perf stat`): counters zeroed after a warm-up, a short bounded
+# load, then a dump; Ir of every thread (cartguard's log writer included) / requests.
+declare -A INSTR
+instr_one() {
+    local name=$1 port=$2 kind=$3 pid out n ir
+    kill -TERM "${SERVE_PID[$name]}" 2>/dev/null || true
+    [[ $kind == nginx ]] && kill -TERM "$(cat "$WORK/$name/nginx.pid" 2>/dev/null)" 2>/dev/null
+    sleep 1
+    if [[ $kind == nginx ]]; then
+        taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.cg.%p" \
+            "$NGINX" -p "$WORK/$name" -c "$WORK/$name/nginx.conf" -g 'daemon off; master_process off;' \
+            >"$WORK/$name.cg.out" 2>&1 &
+    else
+        CARTGUARD_WORKER_THREADS=1 CARTGUARD_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind \
+            --callgrind-out-file="$WORK/$name.cg.%p" "$BIN" run --config "$WORK/$name/cartguard.yaml" \
+            >"$WORK/$name.cg.out" 2>&1 &
+    fi
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    taskset -c "$CLIENT_CPU" wrk -t1 -c8 -d3s "http://127.0.0.1:$port$PATH_REQ" >/dev/null 2>&1 || true
+    callgrind_control -z "$pid" >/dev/null 2>&1 || return 0
+    out="$WORK/$name.instr.wrk"
+    taskset -c "$CLIENT_CPU" wrk -t1 -c8 -d"$INSTR_SECS"s --timeout 10s --latency "http://127.0.0.1:$port$PATH_REQ" >"$out" 2>&1 || return 0
+    callgrind_control -d "$pid" >/dev/null 2>&1 || return 0
+    sleep 1
+    read -r _ _ _ _ n < <(parse_wrk "$out")
+    ir=$(cat "$WORK/$name.cg.$pid".* 2>/dev/null | awk '/^totals:/ { t = $2 } /^summary:/ { s = $2 } END { print (t ? t : s) + 0 }')
+    INSTR[$name]=$(awk -v ir="$ir" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", ir / n; else printf "-" }')
+    say "  $name: $n requests, ${INSTR[$name]} instructions/request"
+    kill -TERM "$pid" 2>/dev/null || true
+}
+INSTR_SECS=${INSTR_SECS:-5}
+if [[ "${INSTR_RUN:-1}" == 1 ]] && command -v callgrind_control >/dev/null; then
+    say "instructions per request (callgrind, allowlisted case, ${INSTR_SECS}s, 8 connections)"
+    instr_one cg-allow "$P_CG_ALLOW" cartguard
+    instr_one ng-allow "$P_NG_ALLOW" nginx
+fi
+
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 declare -A VS_NGINX=([cg_allow]=ng_allow [cg_auth]=ng_auth [cg_10k]=ng_10k)
@@ -549,8 +601,8 @@ OUT="$RESULTS/$DATE.md"
     echo "Upstream: nginx \`return 200\` with a 1024-byte JSON body. Request: GET $PATH_REQ."
     echo "Each row is the round with the median req/s; 'req/s range' spans all rounds."
     echo
-    echo "| case | req/s | req/s range | p50 ms | p99 ms | errors | peak RSS MiB | RSS after MiB | requests / log lines | cartguard/nginx | cartguard/direct |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| case | req/s | req/s range | p50 ms | p99 ms | errors | CPU µs/request | peak RSS MiB | RSS after MiB | requests / log lines | cartguard/nginx | cartguard/direct |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for c in "${CASES[@]}"; do
         IFS='|' read -r key _ <<<"$c"
         vs_ng="" vs_direct=""
@@ -561,12 +613,17 @@ OUT="$RESULTS/$DATE.md"
         fi
         logs=""
         [[ -n "${LOGLINES[$key]}" ]] && logs="${TOTAL_REQ[$key]} / ${LOGLINES[$key]}"
-        echo "| ${LABEL[$key]} | ${RPS[$key]} | ${SPREAD[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRS[$key]} | $(mib "${HWM[$key]}") | $(mib "${RSS_AFTER[$key]}") | $logs | $vs_ng | $vs_direct |"
+        echo "| ${LABEL[$key]} | ${RPS[$key]} | ${SPREAD[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRS[$key]} | ${CPU[$key]} | $(mib "${HWM[$key]}") | $(mib "${RSS_AFTER[$key]}") | $logs | $vs_ng | $vs_direct |"
     done
     echo
     echo "Peak RSS: VmHWM of the process serving requests (nginx: its worker; 'direct': the upstream's worker)."
+    echo "CPU µs/request: user + system time of the serving process (all its threads; not the upstream's) during the measured load, from /proc, divided by the requests wrk completed."
     echo "RSS after: VmRSS 1 s after the last load. Errors: non-2xx answers plus socket errors reported by wrk."
     echo "Log lines include warm-up and check requests. cartguard access records dropped: allow ${DROPPED[cg-allow]:-?}, auth ${DROPPED[cg-auth]:-?}, 10k ${DROPPED[cg-10k]:-?}."
+    if [[ -n "${INSTR[cg-allow]:-}${INSTR[ng-allow]:-}" ]]; then
+        echo
+        echo "Instructions per request (callgrind, each proxy alone, allowlisted case, wrk -c8 for ${INSTR_SECS} s after a warm-up; every thread counted): cartguard ${INSTR[cg-allow]:-?}, nginx ${INSTR[ng-allow]:-?}."
+    fi
     if ((${#IDLE_RESULT[@]})); then
         echo
         echo "Idle keep-alive connections ($IDLE_CONNS, one request each, then held open 2 s; same processes as b):"

@@ -8,7 +8,7 @@
 //! before the record is built, and control bytes are escaped in both formats.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
+
+mod json;
 
 use crate::config::LogFormat;
 pub use crate::verdict::DecisionLabel;
@@ -163,17 +165,17 @@ impl AccessLog {
 }
 
 enum Sink {
-    Stdout(BufWriter<io::Stdout>),
-    File(PathBuf, BufWriter<File>),
+    Stdout(io::Stdout),
+    File(PathBuf, File),
 }
 
 impl Sink {
     fn open(path: Option<PathBuf>) -> io::Result<Sink> {
         Ok(match path {
-            None => Sink::Stdout(BufWriter::with_capacity(64 * 1024, io::stdout())),
+            None => Sink::Stdout(io::stdout()),
             Some(p) => {
                 let f = OpenOptions::new().create(true).append(true).open(&p)?;
-                Sink::File(p, BufWriter::with_capacity(64 * 1024, f))
+                Sink::File(p, f)
             }
         })
     }
@@ -190,13 +192,33 @@ impl Sink {
 /// being woken for each one: under load that saves a futex wake, a context switch
 /// and a write(2) per request; an idle log still gets each record within this delay.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// A batch is written out when it reaches this size, or when the queue runs dry.
+const BATCH_BYTES: usize = 64 * 1024;
 
-fn writer(rx: Receiver<Message>, mut sink: Sink, format: LogFormat) {
-    let mut line = Vec::with_capacity(1024);
+/// Records are formatted straight into one batch buffer, which is written with one
+/// write(2) per batch (no line buffer copied into a second, buffered writer).
+struct Batch {
+    buf: Vec<u8>,
+    sink: Sink,
+}
+
+impl Batch {
+    fn write_out(&mut self) {
+        if !self.buf.is_empty() && self.sink.out().write_all(&self.buf).is_err() {
+            // Nowhere better to report it than the diagnostic log.
+            tracing::warn!("access log write failed");
+        }
+        self.buf.clear();
+        let _ = self.sink.out().flush();
+    }
+}
+
+fn writer(rx: Receiver<Message>, sink: Sink, format: LogFormat) {
+    let mut batch = Batch { buf: Vec::with_capacity(BATCH_BYTES + 4096), sink };
     'idle: while let Ok(first) = rx.recv() {
         let mut msg = first;
         loop {
-            handle(msg, &mut sink, format, &mut line);
+            handle(msg, &mut batch, format);
             match rx.try_recv() {
                 Ok(m) => {
                     msg = m;
@@ -206,7 +228,7 @@ fn writer(rx: Receiver<Message>, mut sink: Sink, format: LogFormat) {
                 Err(TryRecvError::Empty) => {}
             }
             // The queue ran dry: write the batch out, then give the next one time to gather.
-            let _ = sink.out().flush();
+            batch.write_out();
             std::thread::sleep(BATCH_PAUSE);
             match rx.try_recv() {
                 Ok(m) => msg = m,
@@ -215,29 +237,27 @@ fn writer(rx: Receiver<Message>, mut sink: Sink, format: LogFormat) {
             }
         }
     }
-    let _ = sink.out().flush();
+    batch.write_out();
 }
 
-fn handle(msg: Message, sink: &mut Sink, format: LogFormat, line: &mut Vec<u8>) {
+fn handle(msg: Message, batch: &mut Batch, format: LogFormat) {
     match msg {
         Message::Record(r) => {
-            line.clear();
-            format_record(&r, format, line);
-            if sink.out().write_all(line).is_err() {
-                // Nowhere better to report it than the diagnostic log.
-                tracing::warn!("access log write failed");
+            format_record(&r, format, &mut batch.buf);
+            if batch.buf.len() >= BATCH_BYTES {
+                batch.write_out();
             }
         }
         Message::Reopen => {
-            let _ = sink.out().flush();
-            let reopen_path = match &*sink {
+            batch.write_out();
+            let reopen_path = match &batch.sink {
                 Sink::File(path, _) => Some(path.clone()),
                 Sink::Stdout(_) => None,
             };
             if let Some(path) = reopen_path {
                 match Sink::open(Some(path.clone())) {
                     Ok(s) => {
-                        *sink = s;
+                        batch.sink = s;
                         tracing::info!(path = %path.display(), "access log reopened");
                     }
                     Err(e) => {
@@ -251,12 +271,7 @@ fn handle(msg: Message, sink: &mut Sink, format: LogFormat, line: &mut Vec<u8>) 
 
 pub fn format_record(r: &AccessRecord, format: LogFormat, out: &mut Vec<u8>) {
     match format {
-        LogFormat::Json => {
-            if serde_json::to_writer(&mut *out, r).is_err() {
-                out.extend_from_slice(b"{\"error\":\"unserialisable record\"}");
-            }
-            escape_json_extras(out);
-        }
+        LogFormat::Json => json::write_record(r, out),
         LogFormat::Combined => {
             use std::fmt::Write as _;
             let mut s = String::with_capacity(256);
@@ -291,24 +306,6 @@ pub fn format_record(r: &AccessRecord, format: LogFormat, out: &mut Vec<u8>) {
         }
     }
     out.push(b'\n');
-}
-
-/// serde_json escapes control characters but leaves DEL and C1 controls (which
-/// some terminals act on) raw; escape those too.
-fn escape_json_extras(out: &mut Vec<u8>) {
-    if !out.iter().any(|&b| b == 0x7f || b == 0xc2) {
-        return;
-    }
-    let text = String::from_utf8_lossy(out).into_owned();
-    let mut fixed = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) {
-            fixed.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            fixed.push(c);
-        }
-    }
-    *out = fixed.into_bytes();
 }
 
 /// The unquoted `%u` field: one token whatever the client sent (an empty name
@@ -356,28 +353,34 @@ fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
 
 /// `2026-11-29T04:43:04.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, ms) = parts(t);
-    if !(0..=9999).contains(&y) {
-        return format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
-    }
-    // By hand: this runs for every access record, and `format!` costs several times more.
-    let mut out = String::with_capacity(24);
-    push_2(&mut out, y as u64 / 100);
-    push_2(&mut out, y as u64 % 100);
-    for (c, v) in [('-', u64::from(mo)), ('-', u64::from(d)), ('T', h), (':', mi), (':', s)] {
-        out.push(c);
-        push_2(&mut out, v);
-    }
-    out.push('.');
-    out.push(char::from(b'0' + (ms / 100 % 10) as u8));
-    push_2(&mut out, u64::from(ms % 100));
-    out.push('Z');
-    out
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_2(out: &mut String, v: u64) {
-    out.push(char::from(b'0' + (v / 10 % 10) as u8));
-    out.push(char::from(b'0' + (v % 10) as u8));
+/// `rfc3339` appended to `out`. By hand: this runs for every access record, and
+/// `format!` costs several times more.
+fn push_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
+    let (y, mo, d, h, mi, s, ms) = parts(t);
+    if !(0..=9999).contains(&y) {
+        out.extend_from_slice(format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z").as_bytes());
+        return;
+    }
+    push_2(out, y as u64 / 100);
+    push_2(out, y as u64 % 100);
+    for (c, v) in [(b'-', u64::from(mo)), (b'-', u64::from(d)), (b'T', h), (b':', mi), (b':', s)] {
+        out.push(c);
+        push_2(out, v);
+    }
+    out.push(b'.');
+    out.push(b'0' + (ms / 100 % 10) as u8);
+    push_2(out, u64::from(ms % 100));
+    out.push(b'Z');
+}
+
+fn push_2(out: &mut Vec<u8>, v: u64) {
+    out.push(b'0' + (v / 10 % 10) as u8);
+    out.push(b'0' + (v % 10) as u8);
 }
 
 /// `29/Nov/2026:04:43:04 +0000`

@@ -1,33 +1,122 @@
-//! The pooled client to the cart, and how its failures are described.
+//! The client to the cart: hyper's connection-level HTTP/1 client with a small
+//! keep-alive pool of our own, and how its failures are described.
 //!
-//! One keep-alive pool per config snapshot. `https://` upstreams are verified
-//! against the system roots or `upstream.tls.ca`; there is no way to skip
-//! verification. Failures are classified so the log can say in one line
-//! whether the cart refused the connection, failed TLS, or was too slow.
+//! One pool per config snapshot (one upstream address). The pool is a bounded
+//! LIFO stack of idle connections: the most recently used one is the warmest and
+//! the least likely to have been closed by the cart. A connection goes back on
+//! the stack only once its response body has been read to the end, and is
+//! checked on the way out (`ready()`: a closed one is dropped). A request that a
+//! reused connection could not even start sending is retried once on a fresh
+//! connection. Compared with hyper-util's pooled client this saves the dispatch
+//! through a pool checkout future, a per-host map and a spawned "idle" task per
+//! request (bench/README.md has the instruction counts).
+//!
+//! `https://` upstreams are verified against the system roots or
+//! `upstream.tls.ca`; there is no way to skip verification. Failures are
+//! classified so the log can say in one line whether the cart refused the
+//! connection, failed TLS, or was too slow.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
 use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Idle connections kept per upstream; more are closed when their response ends.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<Pool>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The Host header sent when the request carries none (the url's authority).
+    default_host: Option<HeaderValue>,
     pub config: UpstreamConfig,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Pool {
+    fn pop(&self) -> Option<Idle> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn push(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle { sender, since: Instant::now() });
+            }
+        }
+    }
+}
+
+/// The cart's response body; hands its connection back to the pool once read to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    ended: bool,
+    reuse: Option<(SendRequest<Body>, Arc<Pool>)>,
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body left half-read would leave its bytes on the connection: close it then.
+        if self.ended || self.inner.is_end_stream() {
+            if let Some((sender, pool)) = self.reuse.take() {
+                pool.push(sender);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -59,54 +148,120 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let tls = client_tls(config)?;
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = match &config.server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|e| format!("upstream.tls.server_name: {e}"))?;
-                builder.https_or_http().with_server_name_resolver(FixedServerNameResolver::new(name))
-            }
-            None => builder.https_or_http(),
+        let tls = if config.https {
+            let mut tls = client_tls(config)?;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = match &config.server_name {
+                Some(name) => {
+                    ServerName::try_from(name.clone()).map_err(|e| format!("upstream.tls.server_name: {e}"))?
+                }
+                None => {
+                    let host = config.url.host().unwrap_or_default();
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    ServerName::try_from(host.to_string()).map_err(|e| format!("upstream.url: host {host}: {e}"))?
+                }
+            };
+            Some((TlsConnector::from(Arc::new(tls)), name))
+        } else {
+            None
         };
-        let connector = builder.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(Upstream { client, config: config.clone() })
+        let default_host = config.url.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        Ok(Upstream { pool: Arc::default(), tls, default_host, config: config.clone() })
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
+    /// Sends `req` (origin-form URI) and waits for the response head, at most `upstream.timeout`.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if !req.headers().contains_key(HOST) {
+            if let Some(host) = &self.default_host {
+                req.headers_mut().insert(HOST, host.clone());
+            }
+        }
+        match tokio::time::timeout(self.config.timeout, self.send_pooled(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.config.timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(result) => result,
+        }
+    }
+
+    async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
+        while let Some(Idle { mut sender, since }) = self.pool.pop() {
+            if since.elapsed() > IDLE_TIMEOUT || sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                // Closed before the request went out (the cart dropped an idle
+                // connection): nothing was sent, so try the next one.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(classify(e.error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, sender)),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    fn wrap(&self, resp: Response<Incoming>, sender: SendRequest<Body>) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody { inner, ended: false, reuse: Some((sender, self.pool.clone())) })
+    }
+
+    /// A new connection (TCP, then TLS for https://) whose driver runs as its own task.
+    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        let limit = self.config.connect_timeout;
+        let authority = &self.config.authority;
+        let tcp = match tokio::time::timeout(limit, TcpStream::connect(authority)).await {
+            Err(_) => {
+                return Err(UpstreamError::Connect(format!(
+                    "connect to {authority} timed out after {}ms",
+                    limit.as_millis()
+                )))
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("tcp connect error: {authority}: {e}"))),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = match tokio::time::timeout(limit, connector.connect(name.clone(), tcp)).await {
+                    Err(_) => return Err(UpstreamError::Connect(format!("TLS handshake with {authority} timed out"))),
+                    Ok(Err(e)) => {
+                        return Err(UpstreamError::Connect(format!(
+                            "TLS handshake with {authority}: {}",
+                            error_chain(&e)
+                        )))
+                    }
+                    Ok(Ok(tls)) => tls,
+                };
+                handshake(tls).await
+            }
         }
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let chain = error_chain(e);
-    if e.is_connect() {
-        return UpstreamError::Connect(chain);
-    }
-    // A failing request body surfaces as a hyper "user body" error.
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_user() || h.is_body_write_aborted() {
-                return UpstreamError::RequestBody(chain);
-            }
+async fn handshake<T>(io: T) -> Result<SendRequest<Body>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection closed");
         }
-        source = s.source();
+    });
+    Ok(sender)
+}
+
+fn classify(e: &hyper::Error) -> UpstreamError {
+    // A failing request body surfaces as a hyper "user body" error.
+    if e.is_user() || e.is_body_write_aborted() {
+        return UpstreamError::RequestBody(error_chain(e));
     }
-    UpstreamError::Protocol(chain)
+    UpstreamError::Protocol(error_chain(e))
 }
 
 /// "a: b: c" from an error and its sources, without repeats.

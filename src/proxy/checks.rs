@@ -80,14 +80,16 @@ pub fn https_location(host: Option<&HeaderValue>, uri: &Uri) -> Option<HeaderVal
     HeaderValue::from_str(&format!("https://{}{}", authority.host(), target)).ok()
 }
 
-pub fn upstream_uri(base: &Uri, path: &str, query: Option<&str>) -> Uri {
-    let pq = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = pq.parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+/// The request target sent to the cart: origin-form (`/path?query`), as HTTP/1.1 wants
+/// it from a client that is not talking to a proxy.
+pub fn origin_form(path: &str, query: Option<&str>) -> Uri {
+    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 pub fn upstream_host(url: &Uri) -> String {

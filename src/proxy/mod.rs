@@ -23,7 +23,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 use crate::admit::{admit, Arrival, Gate, Verification};
 use crate::bans::BanPolicy;
@@ -32,7 +31,7 @@ use crate::conn::ConnInfo;
 use crate::policy::basic_auth::Credentials;
 use crate::policy::{decide, RequestFacts};
 use crate::state::{Runtime, Shared};
-use crate::upstream::{Body, BoxError, UpstreamError};
+use crate::upstream::{Body, BoxError, UpstreamBody, UpstreamError};
 use crate::users::VerifyError;
 use crate::verdict::{Action, DecisionLabel, Refusal};
 use record::{LimitedBody, LoggedBody, Pending};
@@ -65,7 +64,7 @@ async fn handle_inner<B>(
     conn: &ConnInfo,
     req: Request<B>,
     pending: &mut Pending,
-) -> Result<Response<Incoming>, Refusal>
+) -> Result<Response<UpstreamBody>, Refusal>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -103,7 +102,7 @@ where
         parts.headers.remove(header::AUTHORIZATION);
     }
     let upstream = &runtime.upstream.config;
-    parts.uri = checks::upstream_uri(&upstream.url, &path.forward, parts.uri.query());
+    parts.uri = checks::origin_form(&path.forward, parts.uri.query());
     headers::remove_hop_by_hop(&mut parts.headers);
     let proto = if conn.tls.is_some() { "https" } else { "http" };
     let forwarding = headers::Forwarding {
@@ -135,7 +134,7 @@ async fn forward(
     pending: &mut Pending,
     req: Request<Body>,
     limit: u64,
-) -> Result<Response<Incoming>, Refusal> {
+) -> Result<Response<UpstreamBody>, Refusal> {
     let health = &shared.stats.upstream;
     health.in_flight.fetch_add(1, Ordering::Relaxed);
     let sent = Instant::now();

@@ -14,3 +14,4 @@ mod ops;
 mod paths;
 mod status_page;
 mod tls;
+mod upstream_pool;
