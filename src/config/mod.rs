@@ -74,6 +74,7 @@ pub struct ListenerConfig {
     pub certs: Vec<CertPaths>,
     pub proxy_protocol: bool,
     pub redirect_https: bool,
+    pub unknown_sni: crate::tls::UnknownSni,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,11 +296,19 @@ impl Validator<'_> {
                     "only a plain (non-TLS) listener can redirect to https",
                 ));
             }
+            if l.unknown_sni.is_some() && certs.is_empty() {
+                return Err(self.err(
+                    format!("listen[{i}].unknown_sni"),
+                    "unknown_sni",
+                    "only a TLS listener has SNI; add tls: or remove unknown_sni",
+                ));
+            }
             out.push(ListenerConfig {
                 addr,
                 certs,
                 proxy_protocol: l.proxy_protocol,
                 redirect_https: l.redirect_https,
+                unknown_sni: l.unknown_sni.unwrap_or_default(),
             });
         }
         Ok(out)

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub use super::LogFormat;
 pub use crate::policy::{Mode, Others};
+pub use crate::tls::UnknownSni;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,9 @@ pub struct RawListener {
     /// Plain listeners only: answer 308 to https, except for allowlisted clients.
     #[serde(default)]
     pub redirect_https: bool,
+    /// TLS listeners only: what a ClientHello without a known name gets.
+    #[serde(default)]
+    pub unknown_sni: Option<UnknownSni>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
