@@ -725,7 +725,7 @@ mod tests {
     #[test]
     fn content_length_bodies_are_skipped_so_pipelined_heads_are_found() {
         let mut c = HeadCheck::new(8192);
-        let body_looks_like_a_bad_head = b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\nGET /#x \n\r\nGET /#y HTTP/1.1\r\n\r\n";
+        let body_looks_like_a_bad_head = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nGET /#x \n\r\nGET /#y HTTP/1.1\r\n\r\n";
         let at = body_looks_like_a_bad_head.len() - "GET /#y HTTP/1.1\r\n\r\n".len();
         assert_eq!(
             c.scan(body_looks_like_a_bad_head),
@@ -740,7 +740,8 @@ mod tests {
         assert_eq!(HeadCheck::new(8192).scan(input), Scan::Clean);
         let mut c = HeadCheck::new(8192);
         let smuggle = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /#x HTTP/1.1\r\n\r\n";
-        assert!(matches!(c.scan(smuggle), Scan::Refused(_, HeadStart::At(50))));
+        let at = smuggle.len() - "GET /#x HTTP/1.1\r\n\r\n".len();
+        assert!(matches!(c.scan(smuggle), Scan::Refused(_, HeadStart::At(k)) if k == at));
     }
 
     #[test]

@@ -257,6 +257,9 @@ async fn serve_http<I>(
         // next request, which would cap idle_timeout at header_timeout; the loop below
         // times request heads and idle connections separately instead.
         .header_read_timeout(None)
+        // The framing check ends the stream at a refused head: requests pipelined
+        // before it must still be answered, not cancelled by that end of stream.
+        .half_close(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder

@@ -92,7 +92,7 @@ POST /shop/c HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\
 GET /shop/d HTTP/1.1\r\nHost: shop.test\r\nX-Bad : 1\r\n\r\nGET /shop/e HTTP/1.1\r\nHost: shop.test\r\n\r\n";
     let text = send_until_close(office(), g.addr(), bytes).await;
     let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
-    assert_eq!(statuses, ["200", "200", "200", "400"], "{text}");
+    assert_eq!(statuses, ["200", "200", "200", "400"], "{text}\n{:?}", crate::logging::records(&g, 2).await);
     let seen: Vec<(String, Vec<u8>)> = g.upstream.requests().into_iter().map(|r| (r.target, r.body)).collect();
     assert_eq!(
         seen,
