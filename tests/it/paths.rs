@@ -97,6 +97,31 @@ async fn repeated_rest_route_is_checked_in_every_occurrence() {
     assert_eq!(g.upstream.count(), 0);
 }
 
+/// The cart is PHP: every spelling PHP reads as `rest_route` hits the query rule, and
+/// two spellings with different values (PHP keeps one, the guard cannot know which) are 400.
+#[tokio::test]
+async fn php_spellings_of_a_parameter_hit_the_query_rule_and_ambiguous_ones_are_refused() {
+    let g = TestGuard::start().await;
+    let cases: &[(&str, Option<&str>, u16)] = &[
+        ("/?rest[route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?++rest_route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest%20route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest_route[x][y]=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest_route=/wp/v2/posts&rest.route=/wc/v3/orders", None, 400),
+        ("/?rest.route=/wp/v2&rest_route=/wp/v2", Some("site"), 200),
+        ("/?f[status]=1&f[type]=2", Some("site"), 200),
+    ];
+    for (i, (target, rule, status)) in cases.iter().enumerate() {
+        assert_eq!(office_status(&g, target).await, *status, "{target}");
+        let rec = g.record(i + 1).await;
+        assert_eq!(rec["rule"].as_str(), *rule, "{target}: {rec}");
+        if *status == 400 {
+            assert!(rec["error"].as_str().is_some_and(|e| e.contains("as PHP reads names")), "{rec}");
+        }
+    }
+    assert_eq!(g.upstream.count(), 2);
+}
+
 #[tokio::test]
 async fn encoded_rest_route_hits_the_api_rule() {
     let g = TestGuard::start().await;
