@@ -185,6 +185,24 @@ impl HeadCheck {
                 }
                 _ => {}
             }
+            // Most head bytes are header values and the target: skip those runs in one go.
+            let run = match (self.state, self.current) {
+                (State::Value, Framing::Other) => input[i..].iter().position(|&b| !is_value_byte(b)),
+                (State::Target, _) => input[i..].iter().position(|&b| !matches!(b, b'!'..=b'~') || b == b'#'),
+                _ => Some(0),
+            }
+            .unwrap_or(input.len() - i);
+            if run > 0 {
+                self.head_len += run;
+                if self.state == State::Target {
+                    self.target_len += run;
+                }
+                if self.head_len > self.max_head {
+                    return Scan::Refused(violation(431, "request head too large"), started(open));
+                }
+                i += run;
+                continue;
+            }
             let b = input[i];
             i += 1;
             if self.in_head() || self.state == State::Idle {
@@ -302,7 +320,7 @@ impl HeadCheck {
             State::Value => match b {
                 b'\r' => self.state = State::ValueLf,
                 b'\n' => return Err(BARE_LF),
-                b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                _ if is_value_byte(b) => {
                     if self.current != Framing::Other {
                         if self.value_len < VALUE_CAP {
                             self.value[self.value_len] = b;
@@ -443,6 +461,11 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
     &v[start..end]
+}
+
+/// RFC 9110 field-value bytes: VCHAR, obs-text, space and tab.
+fn is_value_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b' '..=b'~' | 0x80..=0xff)
 }
 
 /// RFC 9110 token characters (method, header names).
@@ -635,9 +658,18 @@ mod tests {
     #[test]
     fn ambiguous_framing_is_named() {
         let cases: &[(&[u8], &str)] = &[
-            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "both Content-Length and Transfer-Encoding"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "Transfer-Encoding other than exactly chunked"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding other than exactly chunked"),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "Transfer-Encoding other than exactly chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding other than exactly chunked",
+            ),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding on an HTTP/1.0 request"),
             (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "several Content-Length values"),
             (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", "several Content-Length values"),
@@ -698,7 +730,8 @@ mod tests {
     #[test]
     fn content_length_bodies_are_skipped_so_pipelined_heads_are_found() {
         let mut c = HeadCheck::new(8192);
-        let body_looks_like_a_bad_head = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nGET /#x \n\r\nGET /#y HTTP/1.1\r\n\r\n";
+        let body_looks_like_a_bad_head =
+            b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nGET /#x \n\r\nGET /#y HTTP/1.1\r\n\r\n";
         let at = body_looks_like_a_bad_head.len() - "GET /#y HTTP/1.1\r\n\r\n".len();
         assert_eq!(
             c.scan(body_looks_like_a_bad_head),
@@ -722,7 +755,11 @@ mod tests {
         for body in [&b"zz\r\n"[..], b"5\nhello", b"5\r\nhelloX", b"\r\n", b"1234567890abcdef0\r\n"] {
             let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             input.extend_from_slice(body);
-            assert!(matches!(HeadCheck::new(8192).scan(&input), Scan::BadBody(_)), "{:?}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(HeadCheck::new(8192).scan(&input), Scan::BadBody(_)),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

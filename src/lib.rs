@@ -130,7 +130,9 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
             .collect::<Vec<_>>()
     };
     if shape(&config) != shape(&old.config) {
-        restart.push("listener changes (addresses, TLS on/off, proxy_protocol, redirect_https, unknown_sni) need a restart");
+        restart.push(
+            "listener changes (addresses, TLS on/off, proxy_protocol, redirect_https, unknown_sni) need a restart",
+        );
     }
     if config.status.listen != old.config.status.listen {
         restart.push("status.listen changes need a restart");

@@ -141,7 +141,8 @@ fn unknown_sni_is_default_cert_unless_set_and_only_allowed_on_tls_listeners() {
     let c = parse(&tls).unwrap();
     assert_eq!(c.listeners[0].unknown_sni, crate::tls::UnknownSni::Reject);
     assert_eq!(c.listeners[1].unknown_sni, crate::tls::UnknownSni::DefaultCert);
-    let plain = BASE.replace("  - addr: \"127.0.0.1:8080\"\n", "  - addr: \"127.0.0.1:8080\"\n    unknown_sni: reject\n");
+    let plain =
+        BASE.replace("  - addr: \"127.0.0.1:8080\"\n", "  - addr: \"127.0.0.1:8080\"\n    unknown_sni: reject\n");
     let e = err(&plain);
     assert!(e.contains("listen[0].unknown_sni") && e.contains("t.yaml:4:"), "{e}");
     assert!(err(&tls.replace("unknown_sni: reject", "unknown_sni: drop")).contains("unknown_sni"));

@@ -77,10 +77,8 @@ pub fn fold_name(decoded: &[u8]) -> Option<(String, Vec<Option<String>>)> {
     let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
     let name = &name[start..];
     let bracket = name.iter().position(|&b| b == b'[');
-    let head: Vec<u8> = name[..bracket.unwrap_or(name.len())]
-        .iter()
-        .map(|&b| if b == b' ' || b == b'.' { b'_' } else { b })
-        .collect();
+    let head: Vec<u8> =
+        name[..bracket.unwrap_or(name.len())].iter().map(|&b| if b == b' ' || b == b'.' { b'_' } else { b }).collect();
     if head.is_empty() {
         return None;
     }

@@ -367,7 +367,8 @@ async fn smuggling_and_malformed_http_are_refused_and_never_forwarded() {
         assert_eq!(rec["status"], status.unwrap(), "{}: {rec}", c.name);
         assert_eq!(rec["client_ip"], "127.0.0.2", "{}: {rec}", c.name);
         assert!(rec["error"].as_str().is_some_and(|e| !e.is_empty()), "{}: {rec}", c.name);
-        let layer = if rec["method"] == "-" { "framing check or parser, connection-level record" } else { "guard handler" };
+        let layer =
+            if rec["method"] == "-" { "framing check or parser, connection-level record" } else { "guard handler" };
         layers.push(format!("{:45} {:?} {layer}: {}", c.name, status.unwrap(), rec["error"]));
     }
     eprintln!("{}", layers.join("\n"));
