@@ -144,6 +144,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub tls_handshake_timeout: Duration,
+    /// 0 = off.
+    pub min_body_rate: u64,
 }
 
 /// A configuration error: which key, where, and what is wrong.
@@ -630,6 +632,7 @@ impl Validator<'_> {
             max_connections: raw.max_connections,
             shutdown_grace: raw.shutdown_grace.0,
             tls_handshake_timeout: raw.tls_handshake_timeout.0,
+            min_body_rate: raw.min_body_rate,
         })
     }
 

@@ -240,6 +240,9 @@ pub struct RawLimits {
     /// hyper's timers do not cover the TLS handshake; this does.
     #[serde(default = "secs::<10>")]
     pub tls_handshake_timeout: Dur,
+    /// Bytes per second a request body must average once it has taken longer than header_timeout.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: u64,
 }
 
 impl Default for RawLimits {
@@ -252,6 +255,7 @@ impl Default for RawLimits {
             max_connections: default_max_connections(),
             shutdown_grace: secs::<30>(),
             tls_handshake_timeout: secs::<10>(),
+            min_body_rate: default_min_body_rate(),
         }
     }
 }
@@ -261,6 +265,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
+}
+fn default_min_body_rate() -> u64 {
+    1024
 }
 fn default_max_connections() -> usize {
     4096

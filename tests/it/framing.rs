@@ -145,3 +145,41 @@ async fn framing_is_checked_after_a_proxy_protocol_header() {
     assert!(rec["error"].as_str().is_some_and(|e| e.contains("bare LF")), "{rec}");
     assert_eq!(g.upstream.count(), 0);
 }
+
+/// A body trickled one byte at a time, each well inside idle_timeout, is cut by
+/// `limits.min_body_rate` once `header_timeout` has passed, instead of holding the
+/// request open until upstream.timeout.
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_with_408() {
+    let g = TestGuard::start_with(GuardOptions {
+        limits: "  header_timeout: 1s\n  idle_timeout: 10s\n  min_body_rate: 100\n".into(),
+        upstream_timeout: "30s",
+        ..Default::default()
+    })
+    .await;
+    let mut s = connect_from(office(), g.addr()).await;
+    s.write_all(b"POST /shop HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1000\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut reply = [0u8; 4096];
+    // At most 40 bytes over ~8 s: far below 100 bytes/s, each within idle_timeout.
+    for _ in 0..40 {
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut reply)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&reply[..n]),
+            Err(_) => {}
+        }
+        if !buf.is_empty() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let rec = record(&g, 1).await;
+    assert_eq!(rec["status"], 408, "{rec}");
+    assert!(rec["error"].as_str().is_some_and(|e| e.contains("min_body_rate")), "{rec}");
+}
