@@ -520,6 +520,31 @@ async fn unknown_sni_reject_fails_the_handshake_and_serves_known_names() {
     assert!(metrics.contains("cartguard_connection_refusals_total{reason=\"tls_handshake\"} 2\n"), "{metrics}");
 }
 
+/// The framing check runs inside TLS too: an ambiguous head is refused with 400
+/// and one record, and nothing reaches the cart.
+#[tokio::test]
+async fn ambiguous_framing_over_tls_is_refused_with_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let shop = ca.leaf(&["shop.test"], "shop.test");
+    let g = tls_guard(&[shop.write(dir.path(), "shop")], "").await;
+    let h1: &[&[u8]] = &[b"http/1.1"];
+    let mut tls = tls_connect("127.0.0.2", g.addr(), default_client(&ca.der(), h1), "shop.test").await;
+    tls.write_all(b"GET /wp-admin/ HTTP/1.1\r\nHost: shop.test\r\n\r\nPOST /wp-admin/ HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await.expect("connection left open");
+    let text = String::from_utf8_lossy(&buf);
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert_eq!(g.upstream.count(), 1);
+    let rec = g.record(2).await;
+    assert!(rec["error"].as_str().is_some_and(|e| e.contains("both Content-Length and Transfer-Encoding")), "{rec}");
+    assert_eq!(rec["tls"], "TLSv1.3", "{rec}");
+}
+
 #[tokio::test]
 async fn tls12_client_is_served_and_tls11_is_refused() {
     let dir = tempfile::tempdir().unwrap();
