@@ -300,9 +300,8 @@ async fn serve_http<I>(
     loop {
         tokio::select! {
             result = conn.as_mut() => {
-                if let Some(v) = refused.get() {
-                    let reason = format!("request head refused before the HTTP parser: {}", v.reason);
-                    refuse_at_connection(&shared_for_errors, &info_for_errors, ConnRefusal::Framing, v.status, reason);
+                if refused.get().is_some() {
+                    record_framing_refusal(&shared_for_errors, &info_for_errors, &refused);
                 } else if let Err(e) = result {
                     connection_error(&shared_for_errors, &info_for_errors, e.as_ref());
                 }
@@ -331,6 +330,8 @@ async fn serve_http<I>(
                         conn.as_mut().graceful_shutdown();
                     } else {
                         tracing::info!(peer = %peer, "closing a stalled connection: no bytes for {}ms with a request in flight", idle_timeout.as_millis());
+                        // A head refused behind the stalled request still gets its record.
+                        record_framing_refusal(&shared_for_errors, &info_for_errors, &refused);
                         return;
                     }
                 }
@@ -420,6 +421,14 @@ fn connection_error(shared: &Arc<Shared>, info: &ConnInfo, e: &(dyn std::error::
         return;
     };
     refuse_at_connection(shared, info, ConnRefusal::HttpParser, status, reason);
+}
+
+/// The record of a head the framing check refused, if it refused one.
+fn record_framing_refusal(shared: &Arc<Shared>, info: &ConnInfo, refused: &crate::framing::Refused) {
+    if let Some(v) = refused.get() {
+        let reason = format!("request head refused before the HTTP parser: {}", v.reason);
+        refuse_at_connection(shared, info, ConnRefusal::Framing, v.status, reason);
+    }
 }
 
 /// A refusal before the guard's handler saw a request: one log line, one record.
