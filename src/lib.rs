@@ -2,7 +2,7 @@
 //! address and asks everyone else to log in.
 //!
 //! One request flows one way:
-//! `server` (accept, PROXY header, TLS, hyper) → `policy::client_ip` (who is
+//! `server` (accept, PROXY header, TLS, `framing` checks HTTP/1 heads, hyper) → `policy::client_ip` (who is
 //! the client) → `policy::rules` / `policy::path` (which rule) → `policy::decide`
 //! (what to do; pure) → `users` (verify a login, off the async workers) →
 //! `proxy` (forward or answer) → `access_log` (one record per request).
@@ -17,6 +17,7 @@ pub mod bans;
 pub mod config;
 pub mod conn;
 pub mod explain;
+pub mod framing;
 pub mod ids;
 pub mod percent;
 pub mod policy;
@@ -97,8 +98,9 @@ pub fn shared_state(config: Config) -> Result<Arc<Shared>, String> {
     Shared::new(config, log, tls)
 }
 
-/// Loads, validates and swaps in a new config; on any error the old one keeps
-/// serving and the error is kept for /status and /healthz.
+/// Loads, validates and swaps in a new config (policy and certificates together);
+/// on any error nothing changes, the old one keeps serving and the error is kept
+/// for /status and /healthz.
 pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
     let result = try_reload(shared, path);
     let mut info = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,10 +131,15 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     let mut restart = Vec::new();
     // Certificate files are re-read in place; what needs new sockets or acceptors is the rest.
     let shape = |c: &Config| {
-        c.listeners.iter().map(|l| (l.addr, l.certs.is_empty(), l.proxy_protocol, l.redirect_https)).collect::<Vec<_>>()
+        c.listeners
+            .iter()
+            .map(|l| (l.addr, l.certs.is_empty(), l.proxy_protocol, l.redirect_https, l.unknown_sni))
+            .collect::<Vec<_>>()
     };
     if shape(&config) != shape(&old.config) {
-        restart.push("listener changes (addresses, TLS on/off, proxy_protocol, redirect_https) need a restart");
+        restart.push(
+            "listener changes (addresses, TLS on/off, proxy_protocol, redirect_https, unknown_sni) need a restart",
+        );
     }
     if config.status.listen != old.config.status.listen {
         restart.push("status.listen changes need a restart");
@@ -147,14 +154,14 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
             "limits.max_connections and limits.shutdown_grace need a restart (other limits apply to new connections)",
         );
     }
-    let cert_errors = shared.tls.reload(&config.listeners);
-    for w in &config.warnings {
+    // All or nothing: everything that can fail runs before anything is swapped in.
+    let certs = shared.tls.prepare(&config.listeners)?;
+    let warnings = config.warnings.clone();
+    let runtime = shared.stats.runtime_for(config)?;
+    for w in &warnings {
         tracing::warn!("config: {w}");
     }
-    let runtime = shared.stats.runtime_for(config)?;
+    certs.swap();
     shared.runtime.store(Arc::new(runtime));
-    if !cert_errors.is_empty() {
-        return Err(cert_errors.join("; "));
-    }
     Ok((!restart.is_empty()).then(|| restart.join("; ")))
 }

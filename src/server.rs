@@ -20,8 +20,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::ListenerConfig;
 use crate::conn::{Activity, ConnInfo};
+use crate::framing::FramingIo;
 use crate::proxy;
-use crate::state::Shared;
+use crate::state::{ConnRefusal, Shared};
 
 pub struct BoundListener {
     pub tcp: TcpListener,
@@ -184,11 +185,14 @@ async fn connection(
             Ok(None) => {}
             Err(e) => {
                 tracing::info!(peer = %socket_peer, listener = %listener, "closing connection: {e}");
+                shared.stats.connection_refusals.count(ConnRefusal::ProxyHeader);
                 return;
             }
         }
     }
     let activity = Arc::new(Activity::new());
+    let refused = crate::framing::Refused::default();
+    let max_head = limits.max_header_bytes.max(8192);
     match tls {
         None => {
             let info = Arc::new(ConnInfo {
@@ -198,7 +202,8 @@ async fn connection(
                 redirect_https: cfg.redirect_https,
                 activity: activity.clone(),
             });
-            serve_http(ActivityIo::new(stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
+            let io = FramingIo::new(ActivityIo::new(stream, activity.clone()), max_head, refused.clone());
+            serve_http(io, info, activity, refused, shared, shutdown, &limits).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -206,10 +211,12 @@ async fn connection(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, listener = %listener, error = %e, "TLS handshake failed");
+                    shared.stats.connection_refusals.count(ConnRefusal::TlsHandshake);
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(peer = %peer, listener = %listener, "TLS handshake timed out");
+                    shared.stats.connection_refusals.count(ConnRefusal::TlsHandshakeTimeout);
                     return;
                 }
             };
@@ -225,7 +232,8 @@ async fn connection(
                 redirect_https: false,
                 activity: activity.clone(),
             });
-            serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
+            let io = FramingIo::new(ActivityIo::new(tls_stream, activity.clone()), max_head, refused.clone());
+            serve_http(io, info, activity, refused, shared, shutdown, &limits).await;
         }
     }
 }
@@ -234,6 +242,7 @@ async fn serve_http<I>(
     io: I,
     info: Arc<ConnInfo>,
     activity: Arc<Activity>,
+    refused: crate::framing::Refused,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     limits: &crate::config::Limits,
@@ -248,6 +257,9 @@ async fn serve_http<I>(
         // next request, which would cap idle_timeout at header_timeout; the loop below
         // times request heads and idle connections separately instead.
         .header_read_timeout(None)
+        // The framing check ends the stream at a refused head: requests pipelined
+        // before it must still be answered, not cancelled by that end of stream.
+        .half_close(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -288,7 +300,9 @@ async fn serve_http<I>(
     loop {
         tokio::select! {
             result = conn.as_mut() => {
-                if let Err(e) = result {
+                if refused.get().is_some() {
+                    record_framing_refusal(&shared_for_errors, &info_for_errors, &refused);
+                } else if let Err(e) = result {
                     connection_error(&shared_for_errors, &info_for_errors, e.as_ref());
                 }
                 return;
@@ -302,6 +316,7 @@ async fn serve_http<I>(
                     refuse_at_connection(
                         &shared_for_errors,
                         &info_for_errors,
+                        ConnRefusal::HeaderTimeout,
                         408,
                         "request headers not received within limits.header_timeout".into(),
                     );
@@ -315,6 +330,8 @@ async fn serve_http<I>(
                         conn.as_mut().graceful_shutdown();
                     } else {
                         tracing::info!(peer = %peer, "closing a stalled connection: no bytes for {}ms with a request in flight", idle_timeout.as_millis());
+                        // A head refused behind the stalled request still gets its record.
+                        record_framing_refusal(&shared_for_errors, &info_for_errors, &refused);
                         return;
                     }
                 }
@@ -403,13 +420,22 @@ fn connection_error(shared: &Arc<Shared>, info: &ConnInfo, e: &(dyn std::error::
         tracing::debug!(peer = %info.peer, listener = %info.listener, error = %h, "connection closed");
         return;
     };
-    refuse_at_connection(shared, info, status, reason);
+    refuse_at_connection(shared, info, ConnRefusal::HttpParser, status, reason);
+}
+
+/// The record of a head the framing check refused, if it refused one.
+fn record_framing_refusal(shared: &Arc<Shared>, info: &ConnInfo, refused: &crate::framing::Refused) {
+    if let Some(v) = refused.get() {
+        let reason = format!("request head refused before the HTTP parser: {}", v.reason);
+        refuse_at_connection(shared, info, ConnRefusal::Framing, v.status, reason);
+    }
 }
 
 /// A refusal before the guard's handler saw a request: one log line, one record.
 /// Goes through `Pending` like any request, so counters and recent refusals see it.
-fn refuse_at_connection(shared: &Arc<Shared>, info: &ConnInfo, status: u16, reason: String) {
+fn refuse_at_connection(shared: &Arc<Shared>, info: &ConnInfo, why: ConnRefusal, status: u16, reason: String) {
     tracing::info!(peer = %info.peer, listener = %info.listener, status, "{reason}");
+    shared.stats.connection_refusals.count(why);
     let record = crate::access_log::AccessRecord::connection_level(info.peer, &info.listener, info.tls, status, reason);
     drop(crate::proxy::record::Pending::new(shared.clone(), shared.runtime.load_full(), record));
 }

@@ -228,6 +228,54 @@ pub struct Stats {
     pub no_rule: RuleStats,
     /// Allow-group members' requests by hour and outcome, for the status page.
     pub timeline: crate::timeline::Timeline,
+    pub connection_refusals: ConnRefusals,
+}
+
+/// Why a connection was refused or cut before (or without) a request reaching the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefusal {
+    /// The framing check refused an HTTP/1 head (ambiguous framing, bad target bytes).
+    Framing,
+    /// hyper's parser refused a head the framing check let through (e.g. > 100 headers).
+    HttpParser,
+    HeaderTimeout,
+    ProxyHeader,
+    TlsHandshake,
+    TlsHandshakeTimeout,
+}
+
+impl ConnRefusal {
+    pub const ALL: [ConnRefusal; 6] = [
+        ConnRefusal::Framing,
+        ConnRefusal::HttpParser,
+        ConnRefusal::HeaderTimeout,
+        ConnRefusal::ProxyHeader,
+        ConnRefusal::TlsHandshake,
+        ConnRefusal::TlsHandshakeTimeout,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnRefusal::Framing => "framing",
+            ConnRefusal::HttpParser => "http_parser",
+            ConnRefusal::HeaderTimeout => "header_timeout",
+            ConnRefusal::ProxyHeader => "proxy_header",
+            ConnRefusal::TlsHandshake => "tls_handshake",
+            ConnRefusal::TlsHandshakeTimeout => "tls_handshake_timeout",
+        }
+    }
+}
+
+/// Connection-level refusals by reason, for /metrics.
+#[derive(Debug, Default)]
+pub struct ConnRefusals([AtomicU64; ConnRefusal::ALL.len()]);
+
+impl ConnRefusals {
+    pub fn count(&self, why: ConnRefusal) {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self, why: ConnRefusal) -> u64 {
+        self.0[why as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl Stats {

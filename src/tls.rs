@@ -36,11 +36,36 @@ pub struct CertInfo {
     pub days_left: i64,
 }
 
+/// What a TLS listener does with a ClientHello whose SNI names none of its
+/// certificates, or has no SNI at all (a client or scanner using the IP address).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    /// Serve the first certificate (the client's verification then fails on its side).
+    #[default]
+    DefaultCert,
+    /// Fail the handshake: nothing about the site is shown to a name it does not serve.
+    Reject,
+}
+
 /// The certificates of one listener; the first is the default.
 #[derive(Debug)]
 pub struct CertStore {
     pub listener: String,
     current: ArcSwap<Vec<LoadedCert>>,
+    unknown_sni: UnknownSni,
+}
+
+/// Certificates read for a reload, not yet serving.
+pub struct CertsReady(Vec<(Arc<CertStore>, Vec<LoadedCert>)>);
+
+impl CertsReady {
+    /// New handshakes use these from now on.
+    pub fn swap(self) {
+        for (store, certs) in self.0 {
+            store.current.store(Arc::new(certs));
+        }
+    }
 }
 
 /// Every TLS listener's store, by listener address.
@@ -56,6 +81,7 @@ impl TlsStores {
             stores.push(Arc::new(CertStore {
                 listener: l.addr.to_string(),
                 current: ArcSwap::from_pointee(load_all(&l.certs)?),
+                unknown_sni: l.unknown_sni,
             }));
         }
         Ok(TlsStores { stores })
@@ -65,19 +91,25 @@ impl TlsStores {
         self.stores.iter().find(|s| s.listener == listener).cloned()
     }
 
-    /// Re-reads the files of each listener still configured; a failure keeps the old set.
-    pub fn reload(&self, listeners: &[ListenerConfig]) -> Vec<String> {
+    /// Reads the files of each listener still configured, changing nothing: a
+    /// reload swaps them in (`CertsReady::swap`) only once the whole config is good.
+    pub fn prepare(&self, listeners: &[ListenerConfig]) -> Result<CertsReady, String> {
+        let mut ready = Vec::new();
         let mut errors = Vec::new();
         for l in listeners.iter().filter(|l| !l.certs.is_empty()) {
             let Some(store) = self.store_for(&l.addr.to_string()) else {
                 continue;
             };
             match load_all(&l.certs) {
-                Ok(certs) => store.current.store(Arc::new(certs)),
-                Err(e) => errors.push(format!("listener {}: {e}; keeping the previous certificate", l.addr)),
+                Ok(certs) => ready.push((store, certs)),
+                Err(e) => errors.push(format!("listener {}: {e}", l.addr)),
             }
         }
-        errors
+        if errors.is_empty() {
+            Ok(CertsReady(ready))
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// What `check` warns about: certificates expiring within 14 days, and
@@ -132,7 +164,13 @@ impl ResolvesServerCert for Resolver {
                 return Some(c.key.clone());
             }
         }
-        certs.first().map(|c| c.key.clone())
+        match self.0.unknown_sni {
+            UnknownSni::DefaultCert => certs.first().map(|c| c.key.clone()),
+            UnknownSni::Reject => {
+                tracing::debug!(listener = %self.0.listener, sni = ?hello.server_name(), "TLS handshake refused: unknown SNI");
+                None
+            }
+        }
     }
 }
 

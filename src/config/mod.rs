@@ -74,6 +74,7 @@ pub struct ListenerConfig {
     pub certs: Vec<CertPaths>,
     pub proxy_protocol: bool,
     pub redirect_https: bool,
+    pub unknown_sni: crate::tls::UnknownSni,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +144,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub tls_handshake_timeout: Duration,
+    /// 0 = off.
+    pub min_body_rate: u64,
 }
 
 /// A configuration error: which key, where, and what is wrong.
@@ -295,11 +298,19 @@ impl Validator<'_> {
                     "only a plain (non-TLS) listener can redirect to https",
                 ));
             }
+            if l.unknown_sni.is_some() && certs.is_empty() {
+                return Err(self.err(
+                    format!("listen[{i}].unknown_sni"),
+                    "unknown_sni",
+                    "only a TLS listener has SNI; add tls: or remove unknown_sni",
+                ));
+            }
             out.push(ListenerConfig {
                 addr,
                 certs,
                 proxy_protocol: l.proxy_protocol,
                 redirect_https: l.redirect_https,
+                unknown_sni: l.unknown_sni.unwrap_or_default(),
             });
         }
         Ok(out)
@@ -621,6 +632,7 @@ impl Validator<'_> {
             max_connections: raw.max_connections,
             shutdown_grace: raw.shutdown_grace.0,
             tls_handshake_timeout: raw.tls_handshake_timeout.0,
+            min_body_rate: raw.min_body_rate,
         })
     }
 

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub use super::LogFormat;
 pub use crate::policy::{Mode, Others};
+pub use crate::tls::UnknownSni;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,9 @@ pub struct RawListener {
     /// Plain listeners only: answer 308 to https, except for allowlisted clients.
     #[serde(default)]
     pub redirect_https: bool,
+    /// TLS listeners only: what a ClientHello without a known name gets.
+    #[serde(default)]
+    pub unknown_sni: Option<UnknownSni>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +240,9 @@ pub struct RawLimits {
     /// hyper's timers do not cover the TLS handshake; this does.
     #[serde(default = "secs::<10>")]
     pub tls_handshake_timeout: Dur,
+    /// Bytes per second a request body must average once it has taken longer than header_timeout.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: u64,
 }
 
 impl Default for RawLimits {
@@ -248,6 +255,7 @@ impl Default for RawLimits {
             max_connections: default_max_connections(),
             shutdown_grace: secs::<30>(),
             tls_handshake_timeout: secs::<10>(),
+            min_body_rate: default_min_body_rate(),
         }
     }
 }
@@ -257,6 +265,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
+}
+fn default_min_body_rate() -> u64 {
+    1024
 }
 fn default_max_connections() -> usize {
     4096

@@ -131,3 +131,19 @@ fn tls_may_be_a_list() {
     );
     assert!(err(&bad).contains("kee"));
 }
+
+#[test]
+fn unknown_sni_is_default_cert_unless_set_and_only_allowed_on_tls_listeners() {
+    let tls = BASE.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:8443\"\n    tls: {cert: c.pem, key: k.pem}\n    unknown_sni: reject\n  - addr: \"127.0.0.1:8444\"\n    tls: {cert: c.pem, key: k.pem}\n",
+    );
+    let c = parse(&tls).unwrap();
+    assert_eq!(c.listeners[0].unknown_sni, crate::tls::UnknownSni::Reject);
+    assert_eq!(c.listeners[1].unknown_sni, crate::tls::UnknownSni::DefaultCert);
+    let plain =
+        BASE.replace("  - addr: \"127.0.0.1:8080\"\n", "  - addr: \"127.0.0.1:8080\"\n    unknown_sni: reject\n");
+    let e = err(&plain);
+    assert!(e.contains("listen[0].unknown_sni") && e.contains("t.yaml:4:"), "{e}");
+    assert!(err(&tls.replace("unknown_sni: reject", "unknown_sni: drop")).contains("unknown_sni"));
+}

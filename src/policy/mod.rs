@@ -9,6 +9,7 @@ pub mod basic_auth;
 pub mod client_ip;
 pub mod groups;
 pub mod path;
+pub mod php_query;
 pub mod rules;
 
 use std::net::IpAddr;

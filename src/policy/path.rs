@@ -31,6 +31,8 @@ pub enum PathError {
     ControlByte,
     ForbiddenByte(u8),
     BadPercentEncoding,
+    /// Two spellings PHP folds into one parameter name, with different values.
+    AmbiguousParameter,
 }
 
 impl fmt::Display for PathError {
@@ -45,6 +47,9 @@ impl fmt::Display for PathError {
                 write!(f, "request target has a forbidden byte 0x{b:02x}")
             }
             PathError::BadPercentEncoding => f.write_str("invalid percent-encoding"),
+            PathError::AmbiguousParameter => {
+                f.write_str("query names one parameter twice as PHP reads names (e.g. rest_route and rest.route), with different values")
+            }
         }
     }
 }
@@ -89,6 +94,9 @@ pub fn check_query(raw: &str) -> Result<(), PathError> {
     }
     for part in raw.split(['&', ';']) {
         percent_decode(part.as_bytes())?;
+    }
+    if super::php_query::ambiguous_name(raw).is_some() {
+        return Err(PathError::AmbiguousParameter);
     }
     Ok(())
 }

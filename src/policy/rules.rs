@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use super::path::{collapse_slashes, percent_decode, segment_prefix_matches};
+use super::path::{collapse_slashes, segment_prefix_matches};
 use super::Others;
 
 #[derive(Debug, Clone)]
@@ -77,27 +77,12 @@ pub fn prepare_prefix(text: &str) -> Vec<u8> {
     }
 }
 
-/// Every `name=value` pair, decoded the way PHP decodes `$_GET`: `+` is a space,
-/// leading spaces of a name are dropped, ` ` and `.` in names become `_`, and
-/// `name[...]` counts as `name`. Every occurrence is returned, because PHP keeps
-/// the last one and the guard must not check only the first.
+/// Every `name=value` pair with the name PHP reads (see `php_query`: `rest.route`,
+/// ` rest_route`, `rest[route`, `rest_route%00x` and `rest_route[]` are all
+/// `rest_route`). Every occurrence is returned, because PHP keeps the last one
+/// and the guard must not check only the first.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = form_decode(raw_name)?;
-        let value = form_decode(raw_value)?;
-        let mut name = String::from_utf8_lossy(&name).trim_start_matches(' ').to_string();
-        if let Some(bracket) = name.find('[') {
-            name.truncate(bracket);
-        }
-        let name = name.replace([' ', '.'], "_");
-        Some((name, value))
-    })
-}
-
-fn form_decode(raw: &str) -> Option<Vec<u8>> {
-    let plus_as_space = raw.replace('+', " ");
-    percent_decode(plus_as_space.as_bytes()).ok()
+    super::php_query::php_params(query).map(|p| (p.name, p.value))
 }
 
 #[cfg(test)]

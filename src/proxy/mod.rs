@@ -122,7 +122,8 @@ where
     }
     parts.version = Version::HTTP_11;
     let limit = config.limits.max_body_bytes;
-    let body = LimitedBody::new(body, pending.bytes_in.clone(), limit).boxed();
+    let (rate, grace) = (config.limits.min_body_rate, config.limits.header_timeout);
+    let body = LimitedBody::new(body, pending.bytes_in.clone(), limit, rate, grace).boxed();
     forward(shared, runtime, conn, pending, Request::from_parts(parts, body), limit).await
 }
 
@@ -155,6 +156,9 @@ async fn forward(
     let too_large = pending.bytes_in.load(Ordering::Relaxed) > limit;
     let (status, label) = match &e {
         UpstreamError::RequestBody(_) if too_large => (StatusCode::PAYLOAD_TOO_LARGE, DecisionLabel::BadRequest),
+        UpstreamError::RequestBody(e) if e.contains(record::BodyTooSlow::REASON) => {
+            (StatusCode::REQUEST_TIMEOUT, DecisionLabel::BadRequest)
+        }
         UpstreamError::RequestBody(_) => (StatusCode::BAD_REQUEST, DecisionLabel::BadRequest),
         UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, DecisionLabel::UpstreamError),
         UpstreamError::Connect(_) | UpstreamError::Protocol(_) => {

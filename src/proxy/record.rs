@@ -252,18 +252,39 @@ where
     }
 }
 
-/// The request body on its way to the cart: counted, and cut at `limit` bytes.
+/// The request body on its way to the cart: counted, cut at `limit` bytes, and
+/// cut when it trickles in slower than `min_rate` bytes/s once `grace` has passed
+/// (each byte just inside idle_timeout would otherwise hold it open until upstream.timeout).
 pub struct LimitedBody<B> {
     inner: B,
     seen: Arc<AtomicU64>,
     limit: u64,
+    start: Instant,
+    min_rate: u64,
+    grace: std::time::Duration,
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, seen: Arc<AtomicU64>, limit: u64) -> Self {
-        LimitedBody { inner, seen, limit }
+    pub fn new(inner: B, seen: Arc<AtomicU64>, limit: u64, min_rate: u64, grace: std::time::Duration) -> Self {
+        LimitedBody { inner, seen, limit, start: Instant::now(), min_rate, grace }
     }
 }
+
+/// What a body slower than `limits.min_body_rate` fails with.
+#[derive(Debug)]
+pub struct BodyTooSlow(pub u64);
+
+impl BodyTooSlow {
+    pub const REASON: &'static str = "request body slower than limits.min_body_rate";
+}
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} bytes/s)", Self::REASON, self.0)
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
 
 #[derive(Debug)]
 pub struct BodyTooLarge(pub u64);
@@ -292,6 +313,13 @@ where
                     let total = this.seen.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
                     if total > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                    let elapsed = this.start.elapsed();
+                    if this.min_rate > 0
+                        && elapsed > this.grace
+                        && (total as f64) < this.min_rate as f64 * elapsed.as_secs_f64()
+                    {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooSlow(this.min_rate)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -15,7 +15,9 @@ pub fn metrics(shared: &Shared) -> String {
     m.push_str("# HELP cartguard_requests_total Requests by rule, decision and status class.\n# TYPE cartguard_requests_total counter\n");
     let mut rules: Vec<_> = stats.rules_snapshot().into_iter().collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, s) in &rules {
+    // Refused before any rule applied (bad requests, connection-level refusals): rule "-".
+    let no_rule = [("-".to_string(), &stats.no_rule)];
+    for (name, s) in rules.iter().map(|(n, s)| (n.clone(), &**s)).chain(no_rule) {
         for d in DecisionLabel::ALL {
             for (class, counter) in s.counts[d.index()].iter().enumerate() {
                 let n = counter.load(Ordering::Relaxed);
@@ -23,7 +25,7 @@ pub fn metrics(shared: &Shared) -> String {
                     let _ = writeln!(
                         m,
                         "cartguard_requests_total{{rule=\"{}\",decision=\"{}\",status_class=\"{}xx\"}} {n}",
-                        label(name),
+                        label(&name),
                         d.as_str(),
                         class + 1
                     );
@@ -40,6 +42,11 @@ pub fn metrics(shared: &Shared) -> String {
                 histogram(&mut m, "cartguard_request_duration_seconds", &labels, h);
             }
         }
+    }
+    m.push_str("# HELP cartguard_connection_refusals_total Connections refused or cut before a request reached the guard's handler, by reason.\n# TYPE cartguard_connection_refusals_total counter\n");
+    for why in crate::state::ConnRefusal::ALL {
+        let n = stats.connection_refusals.get(why);
+        let _ = writeln!(m, "cartguard_connection_refusals_total{{reason=\"{}\"}} {n}", why.as_str());
     }
     let up = &stats.upstream;
     m.push_str("# HELP cartguard_upstream_response_seconds Time to the upstream's response head.\n# TYPE cartguard_upstream_response_seconds histogram\n");

@@ -6,6 +6,7 @@ mod common;
 mod admission;
 mod cli;
 mod forwarding;
+mod framing;
 mod h2;
 mod hostile;
 mod logging;

@@ -91,6 +91,31 @@ async fn repeated_rest_route_is_checked_in_every_occurrence() {
     assert_eq!(g.upstream.count(), 0);
 }
 
+/// The cart is PHP: every spelling PHP reads as `rest_route` hits the query rule, and
+/// two spellings with different values (PHP keeps one, the guard cannot know which) are 400.
+#[tokio::test]
+async fn php_spellings_of_a_parameter_hit_the_query_rule_and_ambiguous_ones_are_refused() {
+    let g = TestGuard::start().await;
+    let cases: &[(&str, Option<&str>, u16)] = &[
+        ("/?rest[route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?++rest_route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest%20route=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest_route[x][y]=/wc/v3/orders", Some("cart-api"), 401),
+        ("/?rest_route=/wp/v2/posts&rest.route=/wc/v3/orders", None, 400),
+        ("/?rest.route=/wp/v2&rest_route=/wp/v2", Some("site"), 200),
+        ("/?f[status]=1&f[type]=2", Some("site"), 200),
+    ];
+    for (i, (target, rule, status)) in cases.iter().enumerate() {
+        assert_eq!(office_status(&g, target).await, *status, "{target}");
+        let rec = g.record(i + 1).await;
+        assert_eq!(rec["rule"].as_str(), *rule, "{target}: {rec}");
+        if *status == 400 {
+            assert!(rec["error"].as_str().is_some_and(|e| e.contains("as PHP reads names")), "{rec}");
+        }
+    }
+    assert_eq!(g.upstream.count(), 2);
+}
+
 #[tokio::test]
 async fn encoded_rest_route_hits_the_api_rule() {
     let g = TestGuard::start().await;
@@ -266,23 +291,24 @@ async fn query_is_forwarded_unchanged() {
     assert_eq!(g.upstream.last().target, "/wp-json/wc/v3?rest_route=//wc//v3&q=%2F%2F");
 }
 
-/// A raw '#' is among the bytes to refuse, but the http crate's URI parser cuts
-/// the target at '#' before the guard sees it. What holds: the cut-off part is never forwarded, and
-/// the rule is chosen on exactly what is forwarded.
+/// The http crate's URI parser would cut the target at '#' (and the cart would match one path
+/// while the guard matched another); the framing check refuses a raw '#' before that.
 #[tokio::test]
-async fn raw_hash_cuts_the_target_and_the_rest_is_never_forwarded() {
+async fn raw_hash_in_the_target_is_refused_and_never_forwarded() {
     let g = TestGuard::start().await;
     let office = "127.0.0.2".parse().unwrap();
     let office_req = |t: &str| format!("GET {t} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
-    let r = raw(office, g.addr(), office_req("/wp-json/wc/v3#/../../shop").as_bytes()).await;
-    assert_eq!(r.status, 401, "matched on /wp-json/wc/v3");
-    assert_eq!(g.record(1).await["rule"], "cart-api");
-    let r = raw(office, g.addr(), office_req("/shop?rest_route=/wp/v2#&rest_route=/wc/v3").as_bytes()).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(g.record(2).await["rule"], "site");
-    assert_eq!(g.upstream.last().target, "/shop?rest_route=/wp/v2");
+    for (i, target) in ["/wp-json/wc/v3#/../../shop", "/shop?rest_route=/wp/v2#&rest_route=/wc/v3"].iter().enumerate() {
+        let r = raw(office, g.addr(), office_req(target).as_bytes()).await;
+        assert_eq!(r.status, 400, "{target}");
+        let rec = g.record(i + 1).await;
+        assert!(rec["error"].as_str().is_some_and(|e| e.contains("raw '#'")), "{rec}");
+    }
     let r = raw("127.0.0.100".parse().unwrap(), g.addr(), &integration_raw(b"/wp-json/wc/v3#/../../wp-admin")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(g.upstream.count(), 0);
+    // Encoded, it is an ordinary byte of the path.
+    let r = raw(office, g.addr(), office_req("/shop%23x").as_bytes()).await;
     assert_eq!(r.status, 200);
-    assert_eq!(g.upstream.last().target, "/wp-json/wc/v3");
-    assert!(g.upstream.requests().iter().all(|r| !r.target.contains('#')));
+    assert_eq!(g.upstream.last().target, "/shop%23x");
 }

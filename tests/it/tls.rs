@@ -485,6 +485,66 @@ async fn sni_picks_the_certificate_and_the_first_is_the_default() {
     assert_eq!(certs[1]["names"], serde_json::json!(["other.test"]));
 }
 
+/// `unknown_sni: reject`: a name the listener has no certificate for (or no SNI at
+/// all) fails the handshake; known names are served as usual.
+#[tokio::test]
+async fn unknown_sni_reject_fails_the_handshake_and_serves_known_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let shop = ca.leaf(&["shop.test"], "shop.test");
+    let listeners = tls_listener(&[shop.write(dir.path(), "shop")]) + "    unknown_sni: reject\n";
+    let g = TestGuard::start_with(GuardOptions { listeners, ..Default::default() }).await;
+    let ca_der = ca.der();
+
+    let tls = tls_connect("127.0.0.2", g.addr(), default_client(&ca_der, &[]), "shop.test").await;
+    assert_eq!(peer_leaf(&tls), shop.der);
+    assert_eq!(Http::open(tls).await.get("/wp-admin/").await.status, 200);
+
+    let mut any = default_client(&ca_der, &[]);
+    any.dangerous().set_certificate_verifier(Arc::new(AcceptAny(provider())));
+    let err = try_tls_connect("127.0.0.2", g.addr(), any.clone(), "nobody.test").await.unwrap_err();
+    assert!(!err.to_string().contains("not valid for name"), "refused by the server, not by the client: {err}");
+    let mut no_sni = any;
+    no_sni.enable_sni = false;
+    assert!(try_tls_connect("127.0.0.2", g.addr(), no_sni, "shop.test").await.is_err(), "no SNI is unknown too");
+    assert_eq!(g.upstream.count(), 1);
+    // Failed handshakes are counted by reason.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = admin_get(g.admin(), "/metrics", "text/plain").await.1;
+        if metrics.contains("cartguard_connection_refusals_total{reason=\"tls_handshake\"} 2\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains("cartguard_connection_refusals_total{reason=\"tls_handshake\"} 2\n"), "{metrics}");
+}
+
+/// The framing check runs inside TLS too: an ambiguous head is refused with 400
+/// and one record, and nothing reaches the cart.
+#[tokio::test]
+async fn ambiguous_framing_over_tls_is_refused_with_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let shop = ca.leaf(&["shop.test"], "shop.test");
+    let g = tls_guard(&[shop.write(dir.path(), "shop")], "").await;
+    let h1: &[&[u8]] = &[b"http/1.1"];
+    let mut tls = tls_connect("127.0.0.2", g.addr(), default_client(&ca.der(), h1), "shop.test").await;
+    tls.write_all(b"GET /wp-admin/ HTTP/1.1\r\nHost: shop.test\r\n\r\nPOST /wp-admin/ HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await.expect("connection left open");
+    let text = String::from_utf8_lossy(&buf);
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert_eq!(g.upstream.count(), 1);
+    let rec = g.record(2).await;
+    assert!(rec["error"].as_str().is_some_and(|e| e.contains("both Content-Length and Transfer-Encoding")), "{rec}");
+    assert_eq!(rec["tls"], "TLSv1.3", "{rec}");
+}
+
 #[tokio::test]
 async fn tls12_client_is_served_and_tls11_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -605,6 +665,46 @@ async fn certificate_reload_serves_new_handshakes_and_keeps_open_connections() {
     assert_eq!(status_json(g.admin()).await["config"]["last_reload_error"], serde_json::Value::Null);
     assert_eq!(old_h1.get("/wp-admin/g").await.status, 200);
     assert_eq!(g.upstream.count(), 7);
+}
+
+/// A reload whose policy is good but whose certificate is broken changes nothing:
+/// the old policy and certificate keep serving and /status says the reload failed.
+#[tokio::test]
+async fn reload_with_a_broken_certificate_changes_neither_policy_nor_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let first = ca.leaf(&["shop.test"], "first");
+    let paths = first.write(dir.path(), "shop");
+    let cert_path = paths.0.clone();
+    let g = tls_guard(&[paths], "").await;
+    let ca_der = ca.der();
+    let h1: &[&[u8]] = &[b"http/1.1"];
+    let feed = |g: &TestGuard| {
+        let addr = g.addr();
+        let ca_der = ca_der.clone();
+        async move {
+            let tls = tls_connect("127.0.0.9", addr, default_client(&ca_der, h1), "shop.test").await;
+            (peer_leaf(&tls), Http::open(tls).await.get("/feed").await.status)
+        }
+    };
+    assert_eq!(feed(&g).await, (first.der.clone(), 200));
+
+    // The new config closes /feed to strangers, and the renewed certificate file is broken.
+    g.rewrite_config(|c| c.replace("path_prefix: /feed\n    others: open", "path_prefix: /feed\n    others: deny"));
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
+    let err = g.guard().reload().expect_err("a broken certificate must fail the whole reload");
+    assert!(err.contains(&cert_path.display().to_string()), "{err}");
+    assert_eq!(feed(&g).await, (first.der.clone(), 200), "neither the policy nor the certificate may change");
+    let status = status_json(g.admin()).await;
+    let last = status["config"]["last_reload_error"].as_str().unwrap_or_default();
+    assert!(last.contains(&cert_path.display().to_string()), "{status}");
+
+    // Fixed certificate: now both take effect together.
+    let renewed = ca.leaf(&["shop.test"], "renewed");
+    renewed.write(dir.path(), "shop");
+    g.guard().reload().expect("a good config reloads");
+    assert_eq!(feed(&g).await, (renewed.der.clone(), 403));
+    assert_eq!(status_json(g.admin()).await["config"]["last_reload_error"], serde_json::Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
