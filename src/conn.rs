@@ -72,6 +72,10 @@ impl Activity {
     pub(crate) fn idle_for(&self) -> Duration {
         self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
+    /// Nothing of a request read and nothing in flight: admission may close it to make room.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.read_since_idle.load(Ordering::Relaxed) == 0
+    }
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }

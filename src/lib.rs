@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admission;
 pub mod admit;
 pub mod bans;
 pub mod config;
@@ -133,12 +134,13 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     if config.log != old.config.log {
         restart.push("log changes need a restart");
     }
-    if config.limits.max_connections != old.config.limits.max_connections
-        || config.limits.shutdown_grace != old.config.limits.shutdown_grace
+    if config.limits.shutdown_grace != old.config.limits.shutdown_grace {
+        restart.push("limits.shutdown_grace needs a restart (other limits apply to new connections)");
+    }
+    if (config.auth.max_concurrent_verifications, config.auth.verify_queue)
+        != (old.config.auth.max_concurrent_verifications, old.config.auth.verify_queue)
     {
-        restart.push(
-            "limits.max_connections and limits.shutdown_grace need a restart (other limits apply to new connections)",
-        );
+        restart.push("auth.max_concurrent_verifications and auth.verify_queue need a restart");
     }
     let cert_errors = shared.tls.reload(&config.listeners);
     for w in &config.warnings {

@@ -16,8 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use crate::admission::Ticket;
 use crate::config::ListenerConfig;
 use crate::conn::{Activity, ConnInfo};
 use crate::proxy;
@@ -88,8 +89,6 @@ impl Drop for TrackGuard {
 
 /// Runs the accept loops until `shutdown` turns true, then drains for the grace period.
 pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limits = shared.runtime.load().config.limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = Arc::new(Tracker::default());
     let mut tasks = Vec::new();
     for l in listeners {
@@ -99,7 +98,6 @@ pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutd
             l,
             addr,
             shared.clone(),
-            permits.clone(),
             tracker.clone(),
             shutdown.clone(),
         )));
@@ -121,7 +119,6 @@ async fn accept_loop(
     l: BoundListener,
     addr: String,
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
     tracker: Arc<Tracker>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -138,10 +135,8 @@ async fn accept_loop(
         _ => None,
     };
     loop {
-        // Beyond max_connections, stop accepting until one closes; open ones keep working.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
+        // Always accept: admission (once the client address is known) closes or sheds,
+        // so nobody waits unanswered in the listen backlog.
         let (stream, peer) = match l.tcp.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -161,7 +156,6 @@ async fn accept_loop(
             shared.stats.active_connections.fetch_add(1, Ordering::Relaxed);
             connection(stream, peer, cfg, listener, tls, shared.clone(), shutdown).await;
             shared.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
             drop(guard);
         });
     }
@@ -189,6 +183,10 @@ async fn connection(
         }
     }
     let activity = Arc::new(Activity::new());
+    let Some(ticket) = admit(&shared, peer, &listener, activity.clone()) else {
+        return;
+    };
+    let ticket = &ticket;
     match tls {
         None => {
             let info = Arc::new(ConnInfo {
@@ -198,7 +196,8 @@ async fn connection(
                 redirect_https: cfg.redirect_https,
                 activity: activity.clone(),
             });
-            serve_http(ActivityIo::new(stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
+            serve_http(ActivityIo::new(stream, activity.clone()), info, activity, ticket, shared, shutdown, &limits)
+                .await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -225,7 +224,8 @@ async fn connection(
                 redirect_https: false,
                 activity: activity.clone(),
             });
-            serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, shared, shutdown, &limits).await;
+            serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, ticket, shared, shutdown, &limits)
+                .await;
         }
     }
 }
@@ -234,6 +234,7 @@ async fn serve_http<I>(
     io: I,
     info: Arc<ConnInfo>,
     activity: Arc<Activity>,
+    ticket: &Ticket,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     limits: &crate::config::Limits,
@@ -297,6 +298,15 @@ async fn serve_http<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+            _ = ticket.shed(), if !closing => {
+                // Chosen while idle; if a request slipped in since, it may finish.
+                if activity.in_flight() == 0 {
+                    tracing::debug!(peer = %peer, "closing an idle connection to make room for another");
+                    return;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             _ = &mut timer, if !closing => {
                 if activity.head_overdue(header_timeout) {
                     refuse_at_connection(
@@ -325,6 +335,19 @@ async fn serve_http<I>(
                 };
                 timer.as_mut().reset(next.into());
             }
+        }
+    }
+}
+
+/// Registers the connection under its client address, or closes it (counted by reason).
+fn admit(shared: &Shared, peer: SocketAddr, listener: &str, activity: Arc<Activity>) -> Option<Ticket> {
+    let rt = shared.runtime.load();
+    let protected = crate::admission::is_protected(&rt.config.policy, peer.ip().to_canonical());
+    match shared.admission.admit(peer.ip(), protected, activity, &rt.config.limits) {
+        Ok(ticket) => Some(ticket),
+        Err(why) => {
+            tracing::debug!(peer = %peer, listener = %listener, reason = why.as_str(), "connection refused by admission");
+            None
         }
     }
 }

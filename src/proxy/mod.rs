@@ -199,9 +199,9 @@ impl Gate for SharedGate<'_> {
         async move {
             let user = creds.user.clone();
             match pool.verify(users.clone(), creds).await {
-                Ok((_, true)) => Verification::Verified,
-                Ok((_, false)) if users.contains(&user) => Verification::WrongPassword,
-                Ok((_, false)) => Verification::UnknownUser,
+                Ok(true) => Verification::Verified,
+                Ok(false) if users.contains(&user) => Verification::WrongPassword,
+                Ok(false) => Verification::UnknownUser,
                 Err(VerifyError::Overloaded) => Verification::Overloaded,
             }
         }

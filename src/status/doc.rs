@@ -41,6 +41,26 @@ pub struct StatusDoc {
     pub auth_failures: u64,
     pub certificates: Vec<CertificateStatus>,
     pub access_log_dropped: u64,
+    pub overload: OverloadStatus,
+}
+
+/// What connection admission and the verification pool refused or shed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OverloadStatus {
+    pub ordinary_connections: usize,
+    pub allowlisted_connections: usize,
+    /// Connections closed at accept time, by reason (no request existed yet).
+    pub connections_refused: BTreeMap<String, u64>,
+    /// Idle connections closed to make room for another.
+    pub connections_shed_idle: u64,
+    pub verifications_run: u64,
+    /// Logins that shared a verification already running for the same credentials.
+    pub verifications_joined: u64,
+    pub verifications_cached: u64,
+    /// Logins answered 503 because the verification queue was full.
+    pub verifications_refused: u64,
+    pub verifications_waiting: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -133,6 +153,7 @@ impl Default for StatusDoc {
             auth_failures: 0,
             certificates: Vec::new(),
             access_log_dropped: 0,
+            overload: OverloadStatus::default(),
         }
     }
 }
@@ -238,6 +259,27 @@ impl StatusDoc {
                 })
                 .collect(),
             access_log_dropped: shared.access_log.dropped(),
+            overload: OverloadStatus::collect(shared),
+        }
+    }
+}
+
+impl OverloadStatus {
+    fn collect(shared: &Shared) -> OverloadStatus {
+        let adm = &shared.admission;
+        let (ordinary, allowlisted) = adm.open();
+        let pool = &shared.verify_pool;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        OverloadStatus {
+            ordinary_connections: ordinary,
+            allowlisted_connections: allowlisted,
+            connections_refused: adm.refused_by_reason().into_iter().map(|(r, n)| (r.to_string(), n)).collect(),
+            connections_shed_idle: load(&adm.counters.shed_idle),
+            verifications_run: load(&pool.runs),
+            verifications_joined: load(&pool.joined),
+            verifications_cached: load(&pool.cache_hits),
+            verifications_refused: load(&pool.refused),
+            verifications_waiting: pool.waiting(),
         }
     }
 }

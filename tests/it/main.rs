@@ -10,5 +10,6 @@ mod h2;
 mod hostile;
 mod logging;
 mod ops;
+mod overload;
 mod paths;
 mod tls;
