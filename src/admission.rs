@@ -250,8 +250,9 @@ mod tests {
         let adm = Arc::new(Admission::default());
         let l = limits(100, 1, 10);
         let a = adm.admit(ip("192.0.2.1"), false, busy(), &l).unwrap();
+        assert_eq!(adm.admit(ip("192.0.2.1"), false, busy(), &l).err(), Some(Refused::PerAddress));
         drop(a);
-        assert!(adm.admit(ip("192.0.2.1"), false, busy(), &l).is_ok());
+        let _again = adm.admit(ip("192.0.2.1"), false, busy(), &l).unwrap();
         assert_eq!(adm.open(), (1, 0));
     }
 
