@@ -173,7 +173,7 @@ impl Admission {
     /// (the next one down if that address has none idle). True if one was shed.
     fn shed_idlest(&self, t: &mut Table) -> bool {
         let mut by_count: Vec<(usize, IpAddr)> = t.ordinary.iter().map(|(ip, v)| (v.len(), *ip)).collect();
-        by_count.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        by_count.sort_unstable_by_key(|&(count, _)| std::cmp::Reverse(count));
         for (_, ip) in by_count {
             let idlest = t.ordinary.get(&ip).and_then(|slots| {
                 slots

@@ -94,13 +94,7 @@ pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutd
     for l in listeners {
         let addr = l.tcp.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| l.config.addr.to_string());
         tracing::info!(listener = %addr, tls = !l.config.certs.is_empty(), proxy_protocol = l.config.proxy_protocol, "listening");
-        tasks.push(tokio::spawn(accept_loop(
-            l,
-            addr,
-            shared.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(accept_loop(l, addr, shared.clone(), tracker.clone(), shutdown.clone())));
     }
     let _ = shutdown.wait_for(|s| *s).await;
     for t in &tasks {
@@ -224,8 +218,16 @@ async fn connection(
                 redirect_https: false,
                 activity: activity.clone(),
             });
-            serve_http(ActivityIo::new(tls_stream, activity.clone()), info, activity, ticket, shared, shutdown, &limits)
-                .await;
+            serve_http(
+                ActivityIo::new(tls_stream, activity.clone()),
+                info,
+                activity,
+                ticket,
+                shared,
+                shutdown,
+                &limits,
+            )
+            .await;
         }
     }
 }

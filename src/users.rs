@@ -334,7 +334,9 @@ impl VerifyPool {
         for i in 0..concurrent {
             let rx = rx.clone();
             // A pool without threads only answers 503; that is logged, not fatal.
-            if let Err(e) = std::thread::Builder::new().name(format!("cartguard-verify-{i}")).spawn(move || verify_thread(rx)) {
+            if let Err(e) =
+                std::thread::Builder::new().name(format!("cartguard-verify-{i}")).spawn(move || verify_thread(rx))
+            {
                 tracing::error!(error = %e, "cannot start a password verification thread");
             }
         }
@@ -477,10 +479,7 @@ mod tests {
             assert_eq!(t.await.unwrap(), Ok(true));
         }
         assert_eq!(pool.runs.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            pool.joined.load(Ordering::Relaxed) + pool.cache_hits.load(Ordering::Relaxed),
-            19
-        );
+        assert_eq!(pool.joined.load(Ordering::Relaxed) + pool.cache_hits.load(Ordering::Relaxed), 19);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

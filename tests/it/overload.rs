@@ -149,7 +149,9 @@ async fn concurrent_first_logins_of_one_user_share_one_verification() {
     let g = guard_with_limits("").await;
     let addr = g.addr();
     let logins: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(async move { client_from("127.0.0.5").get(addr, "/").basic("alice", ALICE).send().await }))
+        .map(|_| {
+            tokio::spawn(async move { client_from("127.0.0.5").get(addr, "/").basic("alice", ALICE).send().await })
+        })
         .collect();
     for login in logins {
         assert_eq!(login.await.unwrap().status, 200);
