@@ -137,10 +137,9 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     if config.limits.shutdown_grace != old.config.limits.shutdown_grace {
         restart.push("limits.shutdown_grace needs a restart (other limits apply to new connections)");
     }
-    if (config.auth.max_concurrent_verifications, config.auth.verify_queue)
-        != (old.config.auth.max_concurrent_verifications, old.config.auth.verify_queue)
-    {
-        restart.push("auth.max_concurrent_verifications and auth.verify_queue need a restart");
+    let pool = |c: &Config| (c.auth.max_concurrent_verifications, c.auth.verify_queue, c.auth.verify_nice);
+    if pool(&config) != pool(&old.config) {
+        restart.push("auth.max_concurrent_verifications, auth.verify_queue and auth.verify_nice need a restart");
     }
     let cert_errors = shared.tls.reload(&config.listeners);
     for w in &config.warnings {

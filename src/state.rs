@@ -57,7 +57,7 @@ impl Shared {
         let stats = Stats::default();
         let runtime = stats.runtime_for(config)?;
         let auth = &runtime.config.auth;
-        let verify_pool = VerifyPool::new(auth.max_concurrent_verifications, auth.verify_queue);
+        let verify_pool = VerifyPool::new(auth.max_concurrent_verifications, auth.verify_queue, auth.verify_nice);
         Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stats,

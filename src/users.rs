@@ -2,9 +2,11 @@
 //! password guesses slow anyone else down.
 //!
 //! Hashes are loaded and checked for format once (bcrypt and argon2id only).
-//! Verification is CPU-heavy, so it runs on a small bounded blocking pool, and a
-//! successful one is remembered (keyed by a salted SHA-256 of the credentials)
-//! so a logged-in client costs a hash-map lookup, not a bcrypt per request.
+//! Verification is CPU-heavy, so it runs on a few low-priority threads of its own
+//! behind a bounded queue. A success is remembered (keyed by an HMAC of the
+//! credentials) so a logged-in client costs a hash-map lookup, not a bcrypt per
+//! request; an exactly repeated failure briefly too; identical attempts arriving
+//! together share one run.
 //! Unknown users are verified against a dummy hash of the same cost, so timing
 //! does not reveal whether a user exists.
 
@@ -304,14 +306,14 @@ pub struct VerifyPool {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Nice value of the verification threads: under CPU contention the async
-/// workers get about ten times their share.
-const VERIFY_NICE: i32 = 10;
-
-fn verify_thread(jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>) {
+/// A verification thread: at `nice` 10 it gets about a tenth of the CPU the async
+/// workers get when both want it.
+fn verify_thread(jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>, nice: i32) {
     // Linux applies a per-thread nice value; elsewhere this may fail and is only a loss of priority.
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), VERIFY_NICE) {
-        tracing::debug!(error = %e, "could not lower the priority of a verification thread");
+    if nice != 0 {
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+            tracing::debug!(error = %e, "could not lower the priority of a verification thread");
+        }
     }
     loop {
         let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -327,7 +329,7 @@ pub enum VerifyError {
 }
 
 impl VerifyPool {
-    pub fn new(concurrent: usize, max_waiting: usize) -> VerifyPool {
+    pub fn new(concurrent: usize, max_waiting: usize, nice: i32) -> VerifyPool {
         let concurrent = concurrent.max(1);
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -335,7 +337,7 @@ impl VerifyPool {
             let rx = rx.clone();
             // A pool without threads only answers 503; that is logged, not fatal.
             if let Err(e) =
-                std::thread::Builder::new().name(format!("cartguard-verify-{i}")).spawn(move || verify_thread(rx))
+                std::thread::Builder::new().name(format!("cartguard-verify-{i}")).spawn(move || verify_thread(rx, nice))
             {
                 tracing::error!(error = %e, "cannot start a password verification thread");
             }
@@ -468,7 +470,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn identical_concurrent_logins_share_one_verification() {
         let users = Arc::new(users_with(&[("alice", bcrypt::hash("pw", 8).unwrap())]));
-        let pool = Arc::new(VerifyPool::new(1, 256));
+        let pool = Arc::new(VerifyPool::new(1, 256, 0));
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (pool, users) = (pool.clone(), users.clone());
@@ -485,7 +487,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_refuses_instead_of_waiting() {
         let users = Arc::new(users_with(&[("alice", bcrypt::hash("pw", 10).unwrap())]));
-        let pool = Arc::new(VerifyPool::new(1, 2));
+        let pool = Arc::new(VerifyPool::new(1, 2, 0));
         let tasks: Vec<_> = (0..6)
             .map(|i| {
                 let (pool, users) = (pool.clone(), users.clone());

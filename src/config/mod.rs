@@ -117,6 +117,8 @@ pub struct AuthSettings {
     pub max_concurrent_verifications: usize,
     /// Verifications waiting for a slot before new ones get 503 (read at start).
     pub verify_queue: usize,
+    /// Nice value of the verification threads, 0..=19 (read at start).
+    pub verify_nice: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -572,6 +574,10 @@ impl Validator<'_> {
                 None => default_verifications(),
             },
             verify_queue: raw.verify_queue,
+            verify_nice: match raw.verify_nice {
+                n @ 0..=19 => n,
+                _ => return Err(self.err("auth.verify_nice", "verify_nice", "must be between 0 and 19")),
+            },
         })
     }
 

@@ -155,6 +155,9 @@ pub struct RawAuth {
     /// Logins waiting for a verification slot; beyond this they get 503.
     #[serde(default = "default_verify_queue")]
     pub verify_queue: usize,
+    /// Nice value of the verification threads (0 = same priority as the rest).
+    #[serde(default = "default_verify_nice")]
+    pub verify_nice: i32,
 }
 
 impl Default for RawAuth {
@@ -168,12 +171,16 @@ impl Default for RawAuth {
             cache_ttl: mins::<5>(),
             max_concurrent_verifications: None,
             verify_queue: default_verify_queue(),
+            verify_nice: default_verify_nice(),
         }
     }
 }
 
 fn default_verify_queue() -> usize {
     256
+}
+fn default_verify_nice() -> i32 {
+    10
 }
 
 fn default_realm() -> String {
