@@ -41,7 +41,7 @@ pub struct Activity {
     pub(crate) start: Instant,
     pub(crate) last_ms: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
-    /// Requests waiting for the cart's response head: silence then is not the client's fault.
+    /// Requests waiting for the cart's response head or a password check: silence then is not the client's fault.
     pub(crate) upstream_waits: AtomicUsize,
     /// Requests started on this connection.
     pub(crate) served: AtomicU64,

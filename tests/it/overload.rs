@@ -160,3 +160,15 @@ async fn concurrent_first_logins_of_one_user_share_one_verification() {
     assert_eq!(o["verifications_run"], 1, "{o:#}");
     assert_eq!(o["verifications_joined"].as_u64().unwrap() + o["verifications_cached"].as_u64().unwrap(), 19, "{o:#}");
 }
+
+#[tokio::test]
+async fn a_login_waiting_for_its_verification_is_not_cut_as_idle() {
+    // Cost 12 (slower than idle_timeout here) on purpose: the wait is the guard's, not the client's.
+    let slow = tokio::task::spawn_blocking(|| bcrypt::hash("slow-pass", 12).unwrap()).await.unwrap();
+    let body =
+        RULES.replace("    alice: \"$ALICE_HASH\"\n", &format!("    alice: \"$ALICE_HASH\"\n    slow: \"{slow}\"\n"));
+    let g = TestGuard::start_with(GuardOptions { body, limits: "  idle_timeout: 50ms\n".into(), ..Default::default() })
+        .await;
+    let reply = client_from("127.0.0.6").get(g.addr(), "/").basic("slow", "slow-pass").send().await;
+    assert_eq!(reply.status, 200);
+}
