@@ -8,7 +8,8 @@
 # Knobs (environment): DURATION (s per load, default 10), ROUNDS (3), WARMUP
 # (s, 2), CONNS (64), WRK_THREADS (1), SERVER_CPU (1), CLIENT_CPU (0),
 # IDLE_CONNS (10000; 0 skips the idle keep-alive test), NGINX_10K (1; 0 skips
-# nginx with 10,000 allow lines), KEEP=1 keeps the work directory, NO_BUILD=1
+# nginx with 10,000 allow lines), OVERLOAD (1; 0 skips the guessing-flood and
+# cold-login cases), KEEP=1 keeps the work directory, NO_BUILD=1
 # skips `cargo build --release`.
 #
 # Every server runs pinned to SERVER_CPU (the proxy and the upstream share it),
@@ -30,6 +31,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 NGINX_10K=${NGINX_10K:-1}
+OVERLOAD=${OVERLOAD:-1}
 CIDRS=10000
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -584,8 +586,135 @@ if [[ "${INSTR_RUN:-1}" == 1 ]] && command -v callgrind_control >/dev/null; then
     instr_one ng-allow "$P_NG_ALLOW" nginx
 fi
 
+# ---------------------------------------------------------------- overload
+# One more cartguard (same pinning): /login asks 127.0.0.1 to log in, the rest
+# admits it. f: allowlisted throughput quiet, then while 8 wrk connections send
+# distinct wrong passwords to /login (bans raised, so every guess costs a bcrypt).
+# g: 50 concurrent first logins of one user against one cold login of another.
+OVERLOAD_RESULT=()
+overload_test() {
+    local port admin dir="$WORK/cg-flood"
+    read -r port admin <<<"$(free_ports 2)"
+    mkdir -p "$dir"
+    cp "$WORK/htpasswd" "$WORK/htpasswd-flood"
+    for u in cold solo; do
+        printf '%s\n' "$PASSWORD" | "$BIN" hash-password --cost 10 "$u" >>"$WORK/htpasswd-flood" ||
+            die "cartguard hash-password failed"
+    done
+    cat >"$dir/cartguard.yaml" <<EOF
+mode: enforce
+listen:
+  - addr: "127.0.0.1:$port"
+upstream:
+  url: "http://127.0.0.1:$P_UP"
+  host: preserve
+groups:
+  bench: ["127.0.0.1/32"]
+users:
+  htpasswd: $WORK/htpasswd-flood
+rules:
+  - name: login
+    path_prefix: /login
+    allow: [integration-management]
+    others: auth
+  - name: site
+    path_prefix: /
+    allow: [integration-management, bench]
+    others: auth
+auth:
+  max_failures: 4000000000
+status:
+  listen: "127.0.0.1:$admin"
+log:
+  format: json
+  path: $dir/access.log
+limits:
+  max_connections: 30000
+  shutdown_grace: 1s
+EOF
+    start_cartguard cg-flood "$port"
+    expect_status 200 "cg-flood (allowlisted)" "http://127.0.0.1:$port/"
+    expect_status 401 "cg-flood (/login, wrong password)" "http://127.0.0.1:$port/login" -u "bench:wrong"
+    cat >"$WORK/guess.lua" <<'EOF'
+-- Distinct wrong passwords, so neither cache helps the guesser.
+local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function b64(s)
+  return ((s:gsub(".", function(x)
+    local r, b = "", x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0") end
+    return r
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
+    if #x < 6 then return "" end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
+    return b64chars:sub(c + 1, c + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1])
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/login", { ["Authorization"] = "Basic " .. b64("bench:guess-" .. n .. "-" .. math.random(1000000000)) })
+end
+EOF
+    local rps_q rps_f p99_q p99_f guesses flood_pid
+    settle
+    run_wrk cg_flood_quiet "$port" no "$DURATION" "$WORK/flood.quiet.wrk"
+    read -r rps_q _ p99_q _ < <(parse_wrk "$WORK/flood.quiet.wrk")
+    taskset -c "$CLIENT_CPU" wrk -t1 -c8 -d"$((DURATION + 2))s" --timeout 10s -s "$WORK/guess.lua" \
+        "http://127.0.0.1:$port/login" >"$WORK/flood.guess.wrk" 2>&1 &
+    flood_pid=$!
+    sleep 1
+    run_wrk cg_flood_busy "$port" no "$DURATION" "$WORK/flood.busy.wrk"
+    wait "$flood_pid" || true
+    read -r rps_f _ p99_f _ < <(parse_wrk "$WORK/flood.busy.wrk")
+    read -r _ _ _ _ guesses < <(parse_wrk "$WORK/flood.guess.wrk")
+    OVERLOAD_RESULT+=("| f. allowlisted, quiet | $rps_q req/s, p99 $p99_q ms |")
+    OVERLOAD_RESULT+=("| f. allowlisted during an 8-connection wrong-password flood ($guesses guesses answered) | $rps_f req/s, p99 $p99_f ms: **$(ratio "$rps_f" "$rps_q") ×** quiet |")
+    say "  flood: allowlisted $rps_q req/s quiet, $rps_f req/s during the flood ($guesses guesses)"
+    settle
+    local cold one p99c okc solo_status
+    cold=$(python3 - "$port" "$PASSWORD" <<'EOF'
+import base64, http.client, sys, threading, time
+port, password = int(sys.argv[1]), sys.argv[2]
+def login(user, out, barrier=None):
+    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.connect()
+    if barrier:
+        barrier.wait()
+    t = time.monotonic()
+    c.request("GET", "/login", headers={"Authorization": auth})
+    r = c.getresponse()
+    r.read()
+    out.append((time.monotonic() - t, r.status))
+solo = []
+login("solo", solo)
+n, times, barrier = 50, [], threading.Barrier(50)
+threads = [threading.Thread(target=login, args=("cold", times, barrier)) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+lat = sorted(t for t, _ in times)
+ok = sum(1 for _, s in times if s == 200)
+p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+print(f"{solo[0][0] * 1000:.1f} {p99 * 1000:.1f} {ok} {solo[0][1]}")
+EOF
+    ) || cold=""
+    if [[ -n "$cold" ]]; then
+        read -r one p99c okc solo_status <<<"$cold"
+        OVERLOAD_RESULT+=("| g. one cold login (bcrypt cost 10) | $one ms (HTTP $solo_status) |")
+        OVERLOAD_RESULT+=("| g. 50 concurrent cold logins of one user | p99 $p99c ms ($okc × 200): **$(ratio "$p99c" "$one") ×** one login |")
+        say "  cold logins: one $one ms, 50 at once p99 $p99c ms"
+    else
+        OVERLOAD_RESULT+=("| g. 50 concurrent cold logins | failed |")
+    fi
+}
+
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+if [[ "$OVERLOAD" == 1 ]]; then
+    say "overload: guessing flood and cold logins"
+    overload_test
+fi
 declare -A VS_NGINX=([cg_allow]=ng_allow [cg_auth]=ng_auth [cg_10k]=ng_10k)
 
 DATE=$(date +%Y-%m-%d)
@@ -631,6 +760,14 @@ OUT="$RESULTS/$DATE.md"
         echo "| proxy | connections | RSS before MiB | RSS with connections MiB | peak RSS MiB |"
         echo "|---|---|---:|---:|---:|"
         printf '%s\n' "${IDLE_RESULT[@]}"
+    fi
+    if ((${#OVERLOAD_RESULT[@]})); then
+        echo
+        echo "Overload (a separate cartguard process, same pinning):"
+        echo
+        echo "| case | figure |"
+        echo "|---|---|"
+        printf '%s\n' "${OVERLOAD_RESULT[@]}"
     fi
     echo
     echo "Targets:"

@@ -41,7 +41,7 @@ pub struct Activity {
     pub(crate) start: Instant,
     pub(crate) last_ms: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
-    /// Requests waiting for the cart's response head: silence then is not the client's fault.
+    /// Requests waiting for the cart's response head or a password check: silence then is not the client's fault.
     pub(crate) upstream_waits: AtomicUsize,
     /// Requests started on this connection.
     pub(crate) served: AtomicU64,
@@ -71,6 +71,10 @@ impl Activity {
     }
     pub(crate) fn idle_for(&self) -> Duration {
         self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+    /// Nothing of a request read and nothing in flight: admission may close it to make room.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.read_since_idle.load(Ordering::Relaxed) == 0
     }
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admission;
 pub mod admit;
 pub mod bans;
 pub mod config;
@@ -147,12 +148,12 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     if config.log != old.config.log {
         restart.push("log changes need a restart");
     }
-    if config.limits.max_connections != old.config.limits.max_connections
-        || config.limits.shutdown_grace != old.config.limits.shutdown_grace
-    {
-        restart.push(
-            "limits.max_connections and limits.shutdown_grace need a restart (other limits apply to new connections)",
-        );
+    if config.limits.shutdown_grace != old.config.limits.shutdown_grace {
+        restart.push("limits.shutdown_grace needs a restart (other limits apply to new connections)");
+    }
+    let pool = |c: &Config| (c.auth.max_concurrent_verifications, c.auth.verify_queue, c.auth.verify_nice);
+    if pool(&config) != pool(&old.config) {
+        restart.push("auth.max_concurrent_verifications, auth.verify_queue and auth.verify_nice need a restart");
     }
     // All or nothing: everything that can fail runs before anything is swapped in.
     let certs = shared.tls.prepare(&config.listeners)?;

@@ -16,8 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use crate::admission::Ticket;
 use crate::config::ListenerConfig;
 use crate::conn::{Activity, ConnInfo};
 use crate::framing::FramingIo;
@@ -89,21 +90,12 @@ impl Drop for TrackGuard {
 
 /// Runs the accept loops until `shutdown` turns true, then drains for the grace period.
 pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limits = shared.runtime.load().config.limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = Arc::new(Tracker::default());
     let mut tasks = Vec::new();
     for l in listeners {
         let addr = l.tcp.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| l.config.addr.to_string());
         tracing::info!(listener = %addr, tls = !l.config.certs.is_empty(), proxy_protocol = l.config.proxy_protocol, "listening");
-        tasks.push(tokio::spawn(accept_loop(
-            l,
-            addr,
-            shared.clone(),
-            permits.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(accept_loop(l, addr, shared.clone(), tracker.clone(), shutdown.clone())));
     }
     let _ = shutdown.wait_for(|s| *s).await;
     for t in &tasks {
@@ -122,7 +114,6 @@ async fn accept_loop(
     l: BoundListener,
     addr: String,
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
     tracker: Arc<Tracker>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -139,10 +130,8 @@ async fn accept_loop(
         _ => None,
     };
     loop {
-        // Beyond max_connections, stop accepting until one closes; open ones keep working.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
+        // Always accept: admission (once the client address is known) closes or sheds,
+        // so nobody waits unanswered in the listen backlog.
         let (stream, peer) = match l.tcp.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -162,7 +151,6 @@ async fn accept_loop(
             shared.stats.active_connections.fetch_add(1, Ordering::Relaxed);
             connection(stream, peer, cfg, listener, tls, shared.clone(), shutdown).await;
             shared.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
             drop(guard);
         });
     }
@@ -191,6 +179,10 @@ async fn connection(
         }
     }
     let activity = Arc::new(Activity::new());
+    let Some(ticket) = admit(&shared, peer, &listener, activity.clone()) else {
+        return;
+    };
+    let ticket = &ticket;
     let refused = crate::framing::Refused::default();
     let max_head = limits.max_header_bytes.max(8192);
     match tls {
@@ -203,7 +195,7 @@ async fn connection(
                 activity: activity.clone(),
             });
             let io = FramingIo::new(ActivityIo::new(stream, activity.clone()), max_head, refused.clone());
-            serve_http(io, info, activity, refused, shared, shutdown, &limits).await;
+            serve_http(io, info, activity, refused, ticket, shared, shutdown, &limits).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -233,7 +225,7 @@ async fn connection(
                 activity: activity.clone(),
             });
             let io = FramingIo::new(ActivityIo::new(tls_stream, activity.clone()), max_head, refused.clone());
-            serve_http(io, info, activity, refused, shared, shutdown, &limits).await;
+            serve_http(io, info, activity, refused, ticket, shared, shutdown, &limits).await;
         }
     }
 }
@@ -243,6 +235,7 @@ async fn serve_http<I>(
     info: Arc<ConnInfo>,
     activity: Arc<Activity>,
     refused: crate::framing::Refused,
+    ticket: &Ticket,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     limits: &crate::config::Limits,
@@ -311,6 +304,15 @@ async fn serve_http<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+            _ = ticket.shed(), if !closing => {
+                // Chosen while idle; if a request slipped in since, it may finish.
+                if activity.in_flight() == 0 {
+                    tracing::debug!(peer = %peer, "closing an idle connection to make room for another");
+                    return;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             _ = &mut timer, if !closing => {
                 if activity.head_overdue(header_timeout) {
                     refuse_at_connection(
@@ -342,6 +344,19 @@ async fn serve_http<I>(
                 };
                 timer.as_mut().reset(next.into());
             }
+        }
+    }
+}
+
+/// Registers the connection under its client address, or closes it (counted by reason).
+fn admit(shared: &Shared, peer: SocketAddr, listener: &str, activity: Arc<Activity>) -> Option<Ticket> {
+    let rt = shared.runtime.load();
+    let protected = crate::admission::is_protected(&rt.config.policy, peer.ip().to_canonical());
+    match shared.admission.admit(peer.ip(), protected, activity, &rt.config.limits) {
+        Ok(ticket) => Some(ticket),
+        Err(why) => {
+            tracing::debug!(peer = %peer, listener = %listener, reason = why.as_str(), "connection refused by admission");
+            None
         }
     }
 }

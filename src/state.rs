@@ -34,6 +34,8 @@ pub struct Shared {
     pub stats: Stats,
     pub bans: BanTable,
     pub verify_pool: VerifyPool,
+    /// Who holds the guard's connections, by client address.
+    pub admission: Arc<crate::admission::Admission>,
     pub access_log: AccessLog,
     pub started_at: SystemTime,
     pub started: Instant,
@@ -54,12 +56,14 @@ impl Shared {
     pub fn new(config: Config, access_log: AccessLog, tls: crate::tls::TlsStores) -> Result<Arc<Shared>, String> {
         let stats = Stats::default();
         let runtime = stats.runtime_for(config)?;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let auth = &runtime.config.auth;
+        let verify_pool = VerifyPool::new(auth.max_concurrent_verifications, auth.verify_queue, auth.verify_nice);
         Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stats,
             bans: BanTable::default(),
-            verify_pool: VerifyPool::new(threads, 256),
+            verify_pool,
+            admission: Arc::default(),
             access_log,
             started_at: SystemTime::now(),
             started: Instant::now(),

@@ -2,9 +2,11 @@
 //! password guesses slow anyone else down.
 //!
 //! Hashes are loaded and checked for format once (bcrypt and argon2id only).
-//! Verification is CPU-heavy, so it runs on a small bounded blocking pool, and a
-//! successful one is remembered (keyed by a salted SHA-256 of the credentials)
-//! so a logged-in client costs a hash-map lookup, not a bcrypt per request.
+//! Verification is CPU-heavy, so it runs on a few low-priority threads of its own
+//! behind a bounded queue. A success is remembered (keyed by an HMAC of the
+//! credentials) so a logged-in client costs a hash-map lookup, not a bcrypt per
+//! request; an exactly repeated failure briefly too; identical attempts arriving
+//! together share one run.
 //! Unknown users are verified against a dummy hash of the same cost, so timing
 //! does not reveal whether a user exists.
 
@@ -13,8 +15,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ring::digest;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::watch;
 
 use crate::policy::basic_auth::Credentials;
 
@@ -83,11 +87,13 @@ impl StoredHash {
     }
 }
 
-/// The user table of one config snapshot, with its verification cache.
+/// The user table of one config snapshot, with its verification caches.
 pub struct Users {
     entries: HashMap<String, StoredHash>,
     dummy: Option<StoredHash>,
     cache: VerifiedCache,
+    /// Verifications running now, by credential key: later identical attempts wait for it.
+    running: Mutex<HashMap<CredKey, watch::Receiver<Option<bool>>>>,
 }
 
 impl std::fmt::Debug for Users {
@@ -130,7 +136,7 @@ impl Users {
             }
         }
         let dummy = entries.values().max_by_key(|h| h.cost_rank()).map(StoredHash::dummy_like);
-        Ok(Users { entries, dummy, cache: VerifiedCache::new(cache_ttl) })
+        Ok(Users { entries, dummy, cache: VerifiedCache::new(cache_ttl), running: Mutex::default() })
     }
 
     pub fn len(&self) -> usize {
@@ -145,9 +151,9 @@ impl Users {
         self.entries.contains_key(user)
     }
 
-    /// Fast path: were these exact credentials verified recently?
-    pub fn cached(&self, creds: &Credentials) -> bool {
-        self.cache.contains(&self.cache.key(creds))
+    /// Fast path: were these exact credentials verified recently (right or wrong)?
+    pub fn cached(&self, creds: &Credentials) -> Option<bool> {
+        self.cache.get(&self.cache.key(creds))
     }
 
     /// Slow path: bcrypt/argon2. Call it on the blocking pool, never on a worker thread.
@@ -160,107 +166,256 @@ impl Users {
             }
             (None, None) => false,
         };
-        if ok {
-            self.cache.insert(self.cache.key(creds));
-        }
+        self.cache.insert(self.cache.key(creds), ok);
         ok
+    }
+
+    /// Joins a verification of the same credentials already running, or registers
+    /// this one as the runner (the sender publishes its result). The cache is
+    /// checked again under the lock: a run stores its result before it unregisters,
+    /// so one that finished a moment ago is not run twice.
+    fn join_or_run(self: &Arc<Self>, creds: &Credentials) -> Join {
+        let key = self.cache.key(creds);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = running.get(&key) {
+            return Join::Wait(rx.clone());
+        }
+        if let Some(ok) = self.cache.get(&key) {
+            return Join::Cached(ok);
+        }
+        let (tx, rx) = watch::channel(None);
+        running.insert(key, rx);
+        Join::Run(Runner { users: self.clone(), key, tx })
     }
 }
 
-/// Successful verifications, bounded and expiring.
+/// How one login attempt gets its answer.
+enum Join {
+    Cached(bool),
+    Wait(watch::Receiver<Option<bool>>),
+    Run(Runner),
+}
+
+/// The one attempt that runs a verification; leaving (done or not) unregisters it.
+struct Runner {
+    users: Arc<Users>,
+    key: CredKey,
+    tx: watch::Sender<Option<bool>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.users.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// A keyed hash (HMAC-SHA256, per-snapshot random key) of user and password: the
+/// caches and the single-flight table never hold a password.
+type CredKey = [u8; 32];
+
+/// Verification results, bounded and expiring: successes for `cache_ttl`, exactly
+/// repeated failures for a short while, in separate maps so a flood of distinct
+/// guesses cannot push logged-in users out.
 struct VerifiedCache {
-    salt: [u8; 32],
+    key: hmac::Key,
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    ok: Mutex<HashMap<CredKey, Instant>>,
+    failed: Mutex<HashMap<CredKey, Instant>>,
 }
 
 const CACHE_CAPACITY: usize = 10_000;
+/// How long an exactly repeated wrong login is answered without bcrypt. Short:
+/// it only spares the CPU a guesser repeating itself; bans still count each attempt.
+pub const FAILED_CACHE_TTL: Duration = Duration::from_secs(10);
 
 impl VerifiedCache {
     fn new(ttl: Duration) -> VerifiedCache {
-        let mut salt = [0u8; 32];
-        // If the system RNG fails the salt stays zero; keys are still unguessable
-        // hashes of the password, just not salted per process.
-        let _ = SystemRandom::new().fill(&mut salt);
-        VerifiedCache { salt, ttl, entries: Mutex::new(HashMap::new()) }
+        let rng = SystemRandom::new();
+        let mut seed = [0u8; 32];
+        // If the system RNG fails, keys are a per-process time-seeded HMAC: still
+        // never the password, just more guessable than a random key.
+        if rng.fill(&mut seed).is_err() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            seed[..16].copy_from_slice(&now.as_nanos().to_le_bytes());
+        }
+        VerifiedCache {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &seed),
+            ttl,
+            ok: Mutex::default(),
+            failed: Mutex::default(),
+        }
     }
 
-    fn key(&self, creds: &Credentials) -> [u8; 32] {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&self.salt);
+    fn key(&self, creds: &Credentials) -> CredKey {
+        let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(creds.user.as_bytes());
         ctx.update(&[0]);
         ctx.update(creds.password.as_bytes());
         let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
+        out.copy_from_slice(ctx.sign().as_ref());
         out
     }
 
-    fn contains(&self, key: &[u8; 32]) -> bool {
+    fn get(&self, key: &CredKey) -> Option<bool> {
         let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).is_some_and(|&expires| expires > now)
+        let live = |map: &Mutex<HashMap<CredKey, Instant>>| {
+            map.lock().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|&expires| expires > now)
+        };
+        if live(&self.ok) {
+            Some(true)
+        } else if live(&self.failed) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
-    fn insert(&self, key: [u8; 32]) {
-        if self.ttl.is_zero() {
+    fn insert(&self, key: CredKey, ok: bool) {
+        let (map, ttl) = if ok { (&self.ok, self.ttl) } else { (&self.failed, FAILED_CACHE_TTL) };
+        if ttl.is_zero() {
             return;
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = map.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_CAPACITY {
             entries.retain(|_, &mut expires| expires > now);
             if entries.len() >= CACHE_CAPACITY {
                 entries.clear();
             }
         }
-        entries.insert(key, now + self.ttl);
+        entries.insert(key, now + ttl);
     }
 }
 
-/// The bounded pool that runs password verification off the async workers.
+/// Runs password verification off the async workers, a bounded number at once,
+/// on its own threads at a lower CPU priority, so a guessing flood takes only the
+/// CPU that admitted requests leave over.
 pub struct VerifyPool {
     permits: Arc<tokio::sync::Semaphore>,
     /// Verifications waiting beyond this are refused (503) instead of queued.
     max_waiting: usize,
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: Arc<AtomicUsize>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// bcrypt/argon2 runs started, attempts that joined one already running,
+    /// answers from the caches, and attempts refused because the queue was full.
+    pub runs: AtomicU64,
+    pub joined: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub refused: AtomicU64,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A verification thread: at `nice` 10 it gets about a tenth of the CPU the async
+/// workers get when both want it.
+fn verify_thread(jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>, nice: i32) {
+    // Linux applies a per-thread nice value; elsewhere this may fail and is only a loss of priority.
+    if nice != 0 {
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+            tracing::debug!(error = %e, "could not lower the priority of a verification thread");
+        }
+    }
+    loop {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
     Overloaded,
 }
 
 impl VerifyPool {
-    pub fn new(threads: usize, max_waiting: usize) -> VerifyPool {
+    pub fn new(concurrent: usize, max_waiting: usize, nice: i32) -> VerifyPool {
+        let concurrent = concurrent.max(1);
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..concurrent {
+            let rx = rx.clone();
+            // A pool without threads only answers 503; that is logged, not fatal.
+            if let Err(e) =
+                std::thread::Builder::new().name(format!("cartguard-verify-{i}")).spawn(move || verify_thread(rx, nice))
+            {
+                tracing::error!(error = %e, "cannot start a password verification thread");
+            }
+        }
         VerifyPool {
-            permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))),
+            jobs,
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrent)),
             max_waiting,
-            waiting: std::sync::atomic::AtomicUsize::new(0),
+            waiting: Arc::default(),
+            runs: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
-    pub async fn verify(&self, users: Arc<Users>, creds: Credentials) -> Result<(Credentials, bool), VerifyError> {
-        use std::sync::atomic::Ordering;
-        if users.cached(&creds) {
-            return Ok((creds, true));
+    /// Verifications waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// True if the credentials are right. Identical attempts running at once share
+    /// one bcrypt/argon2 run; the run continues if the attempt that started it leaves.
+    pub async fn verify(&self, users: Arc<Users>, creds: Credentials) -> Result<bool, VerifyError> {
+        if let Some(ok) = users.cached(&creds) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(ok);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(VerifyError::Overloaded);
-        }
-        let permit = self.permits.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let Ok(permit) = permit else {
-            return Err(VerifyError::Overloaded);
+        let mut rx = match users.join_or_run(&creds) {
+            Join::Cached(ok) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(ok);
+            }
+            Join::Wait(rx) => {
+                self.joined.fetch_add(1, Ordering::Relaxed);
+                rx
+            }
+            Join::Run(runner) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(VerifyError::Overloaded);
+                }
+                self.runs.fetch_add(1, Ordering::Relaxed);
+                let rx = runner.tx.subscribe();
+                self.spawn(runner, creds);
+                rx
+            }
         };
-        let result = tokio::task::spawn_blocking(move || {
-            let ok = users.verify_blocking(&creds);
-            drop(permit);
-            (creds, ok)
-        })
-        .await;
-        result.map_err(|_| VerifyError::Overloaded)
+        let answer = rx.wait_for(Option::is_some).await.map(|v| (*v).unwrap_or(false));
+        answer.map_err(|_| VerifyError::Overloaded)
+    }
+
+    /// Queues one run in its own task, so it finishes (and publishes) even if every
+    /// attempt waiting on it goes away.
+    fn spawn(&self, runner: Runner, creds: Credentials) {
+        let permits = self.permits.clone();
+        let waiting = self.waiting.clone();
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let permit = permits.acquire_owned().await;
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            let Ok(permit) = permit else { return };
+            let (done, result) = tokio::sync::oneshot::channel();
+            let users = runner.users.clone();
+            let job: Job = Box::new(move || {
+                let ok = users.verify_blocking(&creds);
+                drop(permit);
+                let _ = done.send(ok);
+            });
+            if jobs.send(job).is_err() {
+                return;
+            }
+            // A lost job (its thread gone) drops `runner` unanswered: waiters get 503.
+            if let Ok(ok) = result.await {
+                runner.tx.send_replace(Some(ok));
+            }
+        });
     }
 }
 
@@ -292,14 +447,62 @@ mod tests {
     }
 
     #[test]
-    fn success_is_cached_and_failure_is_not() {
+    fn success_and_exactly_repeated_failure_are_cached() {
         let u = users_with(&[("alice", bcrypt::hash("pw", 4).unwrap())]);
-        assert!(!u.cached(&creds("alice", "pw")));
+        assert_eq!(u.cached(&creds("alice", "pw")), None);
         assert!(!u.verify_blocking(&creds("alice", "bad")));
-        assert!(!u.cached(&creds("alice", "bad")));
+        assert_eq!(u.cached(&creds("alice", "bad")), Some(false));
+        assert_eq!(u.cached(&creds("alice", "bad2")), None);
         assert!(u.verify_blocking(&creds("alice", "pw")));
-        assert!(u.cached(&creds("alice", "pw")));
-        assert!(!u.cached(&creds("alice", "pw ")));
+        assert_eq!(u.cached(&creds("alice", "pw")), Some(true));
+        assert_eq!(u.cached(&creds("alice", "pw ")), None);
+    }
+
+    #[test]
+    fn cache_keys_depend_on_a_per_snapshot_secret() {
+        let a = users_with(&[("alice", bcrypt::hash("pw", 4).unwrap())]);
+        let b = users_with(&[("alice", bcrypt::hash("pw", 4).unwrap())]);
+        let c = creds("alice", "pw");
+        assert_ne!(a.cache.key(&c), b.cache.key(&c));
+        assert_eq!(a.cache.key(&c), a.cache.key(&c));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_concurrent_logins_share_one_verification() {
+        let users = Arc::new(users_with(&[("alice", bcrypt::hash("pw", 8).unwrap())]));
+        let pool = Arc::new(VerifyPool::new(1, 256, 0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (pool, users) = (pool.clone(), users.clone());
+                tokio::spawn(async move { pool.verify(users, creds("alice", "pw")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(true));
+        }
+        assert_eq!(pool.runs.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.joined.load(Ordering::Relaxed) + pool.cache_hits.load(Ordering::Relaxed), 19);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_instead_of_waiting() {
+        let users = Arc::new(users_with(&[("alice", bcrypt::hash("pw", 10).unwrap())]));
+        let pool = Arc::new(VerifyPool::new(1, 2, 0));
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let (pool, users) = (pool.clone(), users.clone());
+                tokio::spawn(async move { pool.verify(users, creds("alice", &format!("guess{i}"))).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(ok) => assert!(!ok),
+                Err(VerifyError::Overloaded) => refused += 1,
+            }
+        }
+        assert!(refused >= 3, "only {refused} of 6 distinct guesses refused with a queue of 2");
+        assert_eq!(pool.refused.load(Ordering::Relaxed), refused);
     }
 
     #[test]

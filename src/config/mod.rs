@@ -114,6 +114,12 @@ pub struct AuthSettings {
     pub failure_window: Duration,
     pub ban: Duration,
     pub cache_ttl: Duration,
+    /// Password verifications running at once (read at start).
+    pub max_concurrent_verifications: usize,
+    /// Verifications waiting for a slot before new ones get 503 (read at start).
+    pub verify_queue: usize,
+    /// Nice value of the verification threads, 0..=19 (read at start).
+    pub verify_nice: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +148,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub reserved_for_allowlisted: usize,
     pub shutdown_grace: Duration,
     pub tls_handshake_timeout: Duration,
     /// 0 = off.
@@ -565,6 +573,22 @@ impl Validator<'_> {
             failure_window: raw.failure_window.0,
             ban: raw.ban.0,
             cache_ttl: raw.cache_ttl.0,
+            max_concurrent_verifications: match raw.max_concurrent_verifications {
+                Some(0) => {
+                    return Err(self.err(
+                        "auth.max_concurrent_verifications",
+                        "max_concurrent_verifications",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => default_verifications(),
+            },
+            verify_queue: raw.verify_queue,
+            verify_nice: match raw.verify_nice {
+                n @ 0..=19 => n,
+                _ => return Err(self.err("auth.verify_nice", "verify_nice", "must be between 0 and 19")),
+            },
         })
     }
 
@@ -615,6 +639,21 @@ impl Validator<'_> {
         if raw.max_connections == 0 {
             return Err(self.err("limits.max_connections", "max_connections", "must be at least 1"));
         }
+        if raw.max_connections_per_address == 0 {
+            return Err(self.err(
+                "limits.max_connections_per_address",
+                "max_connections_per_address",
+                "must be at least 1",
+            ));
+        }
+        let reserved = raw.reserved_for_allowlisted.unwrap_or(raw.max_connections / 8);
+        if reserved >= raw.max_connections {
+            return Err(self.err(
+                "limits.reserved_for_allowlisted",
+                "reserved_for_allowlisted",
+                "must be less than limits.max_connections, or other clients get no connection at all",
+            ));
+        }
         for (key, d) in [
             ("limits.header_timeout", raw.header_timeout),
             ("limits.idle_timeout", raw.idle_timeout),
@@ -630,6 +669,8 @@ impl Validator<'_> {
             max_header_bytes: raw.max_header_bytes,
             max_body_bytes: raw.max_body_bytes,
             max_connections: raw.max_connections,
+            max_connections_per_address: raw.max_connections_per_address,
+            reserved_for_allowlisted: reserved,
             shutdown_grace: raw.shutdown_grace.0,
             tls_handshake_timeout: raw.tls_handshake_timeout.0,
             min_body_rate: raw.min_body_rate,
@@ -696,6 +737,11 @@ fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One verification per core, minus one core that keeps requests flowing.
+fn default_verifications() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1)
 }
 
 #[cfg(test)]

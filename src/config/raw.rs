@@ -153,6 +153,15 @@ pub struct RawAuth {
     /// How long a successful bcrypt/argon2 verification is remembered.
     #[serde(default = "mins::<5>")]
     pub cache_ttl: Dur,
+    /// bcrypt/argon2 runs at once; absent: one per core minus one (at least 1).
+    #[serde(default)]
+    pub max_concurrent_verifications: Option<usize>,
+    /// Logins waiting for a verification slot; beyond this they get 503.
+    #[serde(default = "default_verify_queue")]
+    pub verify_queue: usize,
+    /// Nice value of the verification threads (0 = same priority as the rest).
+    #[serde(default = "default_verify_nice")]
+    pub verify_nice: i32,
 }
 
 impl Default for RawAuth {
@@ -164,8 +173,18 @@ impl Default for RawAuth {
             failure_window: mins::<10>(),
             ban: mins::<15>(),
             cache_ttl: mins::<5>(),
+            max_concurrent_verifications: None,
+            verify_queue: default_verify_queue(),
+            verify_nice: default_verify_nice(),
         }
     }
+}
+
+fn default_verify_queue() -> usize {
+    256
+}
+fn default_verify_nice() -> i32 {
+    10
 }
 
 fn default_realm() -> String {
@@ -234,6 +253,12 @@ pub struct RawLimits {
     pub max_body_bytes: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address (TCP peer or PROXY source) may hold.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Slots only allowlisted addresses may use; absent: max_connections / 8.
+    #[serde(default)]
+    pub reserved_for_allowlisted: Option<usize>,
     /// How long SIGTERM waits for requests in flight.
     #[serde(default = "secs::<30>")]
     pub shutdown_grace: Dur,
@@ -253,6 +278,8 @@ impl Default for RawLimits {
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body_bytes(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            reserved_for_allowlisted: None,
             shutdown_grace: secs::<30>(),
             tls_handshake_timeout: secs::<10>(),
             min_body_rate: default_min_body_rate(),
@@ -271,6 +298,9 @@ fn default_min_body_rate() -> u64 {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_max_connections_per_address() -> usize {
+    256
 }
 
 fn secs<const N: u64>() -> Dur {

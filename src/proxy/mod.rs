@@ -81,7 +81,11 @@ where
     let decision = decide(&config.policy, &facts);
     pending.decided(&decision, req.headers().contains_key(header::AUTHORIZATION));
     let gate = SharedGate { shared, runtime };
+    // A login queued for verification is silent by the guard's doing, like a wait on the cart:
+    // the idle cut-off must not close it unanswered.
+    let guard_wait = conn.activity.upstream_wait();
     let verdict = admit(&gate, config, &decision, Arrival { redirect_https: conn.redirect_https }).await;
+    drop(guard_wait);
     pending.admitted(&verdict);
     if verdict.failed_login {
         gate.count_failure(decision.client.ip);
@@ -202,9 +206,9 @@ impl Gate for SharedGate<'_> {
         async move {
             let user = creds.user.clone();
             match pool.verify(users.clone(), creds).await {
-                Ok((_, true)) => Verification::Verified,
-                Ok((_, false)) if users.contains(&user) => Verification::WrongPassword,
-                Ok((_, false)) => Verification::UnknownUser,
+                Ok(true) => Verification::Verified,
+                Ok(false) if users.contains(&user) => Verification::WrongPassword,
+                Ok(false) => Verification::UnknownUser,
                 Err(VerifyError::Overloaded) => Verification::Overloaded,
             }
         }

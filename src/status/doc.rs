@@ -44,6 +44,26 @@ pub struct StatusDoc {
     pub access_log_dropped: u64,
     /// Allow-group members' requests over the last 24 hours, oldest hour first.
     pub timeline: Vec<HourCount>,
+    pub overload: OverloadStatus,
+}
+
+/// What connection admission and the verification pool refused or shed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OverloadStatus {
+    pub ordinary_connections: usize,
+    pub allowlisted_connections: usize,
+    /// Connections closed at accept time, by reason (no request existed yet).
+    pub connections_refused: BTreeMap<String, u64>,
+    /// Idle connections closed to make room for another.
+    pub connections_shed_idle: u64,
+    pub verifications_run: u64,
+    /// Logins that shared a verification already running for the same credentials.
+    pub verifications_joined: u64,
+    pub verifications_cached: u64,
+    /// Logins answered 503 because the verification queue was full.
+    pub verifications_refused: u64,
+    pub verifications_waiting: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -137,6 +157,7 @@ impl Default for StatusDoc {
             certificates: Vec::new(),
             access_log_dropped: 0,
             timeline: Vec::new(),
+            overload: OverloadStatus::default(),
         }
     }
 }
@@ -248,6 +269,27 @@ impl StatusDoc {
                     .map(|d| d.as_secs())
                     .unwrap_or_default(),
             ),
+            overload: OverloadStatus::collect(shared),
+        }
+    }
+}
+
+impl OverloadStatus {
+    fn collect(shared: &Shared) -> OverloadStatus {
+        let adm = &shared.admission;
+        let (ordinary, allowlisted) = adm.open();
+        let pool = &shared.verify_pool;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        OverloadStatus {
+            ordinary_connections: ordinary,
+            allowlisted_connections: allowlisted,
+            connections_refused: adm.refused_by_reason().into_iter().map(|(r, n)| (r.to_string(), n)).collect(),
+            connections_shed_idle: load(&adm.counters.shed_idle),
+            verifications_run: load(&pool.runs),
+            verifications_joined: load(&pool.joined),
+            verifications_cached: load(&pool.cache_hits),
+            verifications_refused: load(&pool.refused),
+            verifications_waiting: pool.waiting(),
         }
     }
 }

@@ -113,6 +113,22 @@ pub fn render(doc: &StatusDoc) -> String {
     if !doc.config.warnings.is_empty() {
         let _ = write!(out, "<h2>Config warnings</h2>{}", list(&doc.config.warnings));
     }
+    let o = &doc.overload;
+    let refused: Vec<String> = o.connections_refused.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    let _ = write!(
+        out,
+        "<h2>Overload</h2><dl><dt>connections</dt><dd>{} ordinary, {} allowlisted; {} idle shed; refused {}</dd>\
+         <dt>password checks</dt><dd>{} run, {} shared, {} cached, {} refused (503), {} waiting</dd></dl>",
+        o.ordinary_connections,
+        o.allowlisted_connections,
+        o.connections_shed_idle,
+        esc(&refused.join(", ")),
+        o.verifications_run,
+        o.verifications_joined,
+        o.verifications_cached,
+        o.verifications_refused,
+        o.verifications_waiting,
+    );
     table(
         &mut out,
         "Groups",

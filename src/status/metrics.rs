@@ -103,6 +103,7 @@ pub fn metrics(shared: &Shared) -> String {
         "counter",
         shared.access_log.dropped().to_string(),
     );
+    overload(&mut m, shared);
     let _ =
         writeln!(m, "# HELP cartguard_reloads_total Config reloads by result.\n# TYPE cartguard_reloads_total counter");
     let _ = writeln!(m, "cartguard_reloads_total{{result=\"success\"}} {}", stats.reloads_ok.load(Ordering::Relaxed));
@@ -221,4 +222,31 @@ fn process_start_unix() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
     Some(btime + start_ticks / 100)
+}
+
+/// Connection admission and the verification pool: what was refused, shed or shared.
+fn overload(m: &mut String, shared: &Shared) {
+    let adm = &shared.admission;
+    m.push_str("# HELP cartguard_connections_refused_total Connections closed at accept time (no request yet), by reason.\n# TYPE cartguard_connections_refused_total counter\n");
+    for (reason, n) in adm.refused_by_reason() {
+        let _ = writeln!(m, "cartguard_connections_refused_total{{reason=\"{reason}\"}} {n}");
+    }
+    m.push_str("# HELP cartguard_connections_shed_total Idle connections closed to make room for another.\n# TYPE cartguard_connections_shed_total counter\n");
+    let _ = writeln!(
+        m,
+        "cartguard_connections_shed_total{{reason=\"idle\"}} {}",
+        adm.counters.shed_idle.load(Ordering::Relaxed)
+    );
+    let (ordinary, allowlisted) = adm.open();
+    m.push_str("# HELP cartguard_admitted_connections Open connections by admission class.\n# TYPE cartguard_admitted_connections gauge\n");
+    let _ = writeln!(m, "cartguard_admitted_connections{{class=\"ordinary\"}} {ordinary}");
+    let _ = writeln!(m, "cartguard_admitted_connections{{class=\"allowlisted\"}} {allowlisted}");
+    let pool = &shared.verify_pool;
+    m.push_str("# HELP cartguard_verifications_total Login checks by how they were answered.\n# TYPE cartguard_verifications_total counter\n");
+    for (how, c) in
+        [("run", &pool.runs), ("joined", &pool.joined), ("cached", &pool.cache_hits), ("refused", &pool.refused)]
+    {
+        let _ = writeln!(m, "cartguard_verifications_total{{result=\"{how}\"}} {}", c.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(m, "# HELP cartguard_verifications_waiting Logins waiting for a verification slot.\n# TYPE cartguard_verifications_waiting gauge\ncartguard_verifications_waiting {}", pool.waiting());
 }

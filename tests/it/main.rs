@@ -12,6 +12,7 @@ mod hostile;
 mod logging;
 mod monitoring;
 mod ops;
+mod overload;
 mod paths;
 mod status_page;
 mod tls;
