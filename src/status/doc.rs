@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::rfc3339;
+use crate::alerts::AlertsStatus;
 use crate::bans::BanView;
 use crate::policy::{Mode, Others};
 use crate::state::{Alarm, Denial, Shared};
@@ -41,6 +42,9 @@ pub struct StatusDoc {
     pub auth_failures: u64,
     pub certificates: Vec<CertificateStatus>,
     pub access_log_dropped: u64,
+    /// Each alert sink's last success and last failure.
+    #[serde(default)]
+    pub alerts: AlertsStatus,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -133,6 +137,7 @@ impl Default for StatusDoc {
             auth_failures: 0,
             certificates: Vec::new(),
             access_log_dropped: 0,
+            alerts: AlertsStatus::default(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl StatusDoc {
                 })
                 .collect(),
             access_log_dropped: shared.access_log.dropped(),
+            alerts: shared.alerts.status(c),
         }
     }
 }

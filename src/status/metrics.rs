@@ -11,7 +11,6 @@ pub fn metrics(shared: &Shared) -> String {
     let rt = shared.runtime.load();
     let stats = &shared.stats;
     let mut m = String::with_capacity(4096);
-    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     m.push_str("# HELP cartguard_requests_total Requests by rule, decision and status class.\n# TYPE cartguard_requests_total counter\n");
     let mut rules: Vec<_> = stats.rules_snapshot().into_iter().collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
@@ -124,5 +123,33 @@ pub fn metrics(shared: &Shared) -> String {
             info.not_after_unix
         );
     }
+    alert_metrics(&mut m, shared);
     m
+}
+
+fn alert_metrics(m: &mut String, shared: &Shared) {
+    let (counts, suppressed) = shared.alerts.counts();
+    for (name, help, pick) in [
+        ("cartguard_alerts_sent_total", "Alerts delivered, by sink and kind.", 0),
+        ("cartguard_alerts_failed_total", "Alerts a sink did not accept (after retries), by sink and kind.", 1),
+    ] {
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (sink, kind, sent, failed) in &counts {
+            let n = if pick == 0 { sent } else { failed };
+            let _ = writeln!(m, "{name}{{sink=\"{}\",kind=\"{}\"}} {n}", label(sink), kind.as_str());
+        }
+    }
+    let _ = writeln!(m, "# HELP cartguard_alerts_suppressed_total Alerts not sent: the same kind and key was sent within alerts.repeat_after.\n# TYPE cartguard_alerts_suppressed_total counter");
+    for (kind, n) in suppressed {
+        let _ = writeln!(m, "cartguard_alerts_suppressed_total{{kind=\"{}\"}} {n}", kind.as_str());
+    }
+    let _ = writeln!(
+        m,
+        "# HELP cartguard_alerts_dropped_total Alerts dropped because the queue was full.\n# TYPE cartguard_alerts_dropped_total counter\ncartguard_alerts_dropped_total {}",
+        shared.alerts.dropped()
+    );
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

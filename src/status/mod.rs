@@ -100,6 +100,33 @@ fn prefers_html(req: &Request<Incoming>) -> bool {
     q("text/html") > q("application/json")
 }
 
+/// An expected group (`status.expect`) not seen within its window.
+pub struct Overdue {
+    pub group: String,
+    pub within: Duration,
+    /// None: not seen since start.
+    pub last_seen_ago: Option<Duration>,
+}
+
+/// The expected groups that are overdue now; /healthz and the group alerts share this.
+pub fn overdue_groups(shared: &Shared) -> Vec<Overdue> {
+    let rt = shared.runtime.load();
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let mut out = Vec::new();
+    for e in &rt.config.status.expect {
+        let Some(i) = rt.config.policy.group_index(&e.group) else {
+            continue;
+        };
+        let last_ms = rt.group_stats[i].last_seen_unix_ms.load(Ordering::Relaxed);
+        let ago = Duration::from_millis(now_ms.saturating_sub(last_ms));
+        let stale = if last_ms == 0 { shared.started.elapsed() >= e.within } else { ago >= e.within };
+        if stale {
+            out.push(Overdue { group: e.group.clone(), within: e.within, last_seen_ago: (last_ms != 0).then_some(ago) });
+        }
+    }
+    out
+}
+
 /// Why /healthz is failing; empty when healthy.
 pub fn health_reasons(shared: &Shared) -> Vec<String> {
     let rt = shared.runtime.load();
@@ -109,22 +136,12 @@ pub fn health_reasons(shared: &Shared) -> Vec<String> {
         let err = up.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
         reasons.push(format!("upstream {} unreachable: {err}", rt.config.upstream.authority));
     }
-    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    for e in &rt.config.status.expect {
-        let Some(i) = rt.config.policy.group_index(&e.group) else {
-            continue;
+    for o in overdue_groups(shared) {
+        let seen = match o.last_seen_ago {
+            None => "never seen since start".to_string(),
+            Some(ago) => format!("last seen {}s ago", ago.as_secs()),
         };
-        let last_ms = rt.group_stats[i].last_seen_unix_ms.load(Ordering::Relaxed);
-        let ago = Duration::from_millis(now_ms.saturating_sub(last_ms));
-        let stale = if last_ms == 0 { shared.started.elapsed() >= e.within } else { ago >= e.within };
-        if stale {
-            let seen = if last_ms == 0 {
-                "never seen since start".to_string()
-            } else {
-                format!("last seen {}s ago", ago.as_secs())
-            };
-            reasons.push(format!("group {} not seen within {}s ({seen})", e.group, e.within.as_secs()));
-        }
+        reasons.push(format!("group {} not seen within {}s ({seen})", o.group, o.within.as_secs()));
     }
     let reload = shared.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(err) = reload.last_reload_error {
