@@ -59,8 +59,7 @@ pub struct Alert {
 impl Alert {
     /// An alert of `kind` about `key`; `summary` is one line (control characters become spaces).
     pub fn new(kind: AlertKind, key: impl Into<String>, summary: impl Into<String>) -> Alert {
-        let summary: String =
-            summary.into().chars().map(|c| if c.is_control() { ' ' } else { c }).take(500).collect();
+        let summary: String = summary.into().chars().map(|c| if c.is_control() { ' ' } else { c }).take(500).collect();
         let text = format!("cartguard: {}", summary).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
         Alert { text, kind, key: key.into(), summary, time: rfc3339(SystemTime::now()), details: BTreeMap::new() }
     }
@@ -146,7 +145,8 @@ impl Alert {
 
     /// For load shedding: raise when it stops.
     pub fn overload_stopped(detail: &str) -> Alert {
-        Alert::new(AlertKind::OverloadStopped, "overload", format!("overload is over ({detail})")).with("detail", detail)
+        Alert::new(AlertKind::OverloadStopped, "overload", format!("overload is over ({detail})"))
+            .with("detail", detail)
     }
 
     pub fn test() -> Alert {

@@ -70,6 +70,14 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
+/// How one sink fared with one kind of alert.
+pub struct Deliveries {
+    pub sink: String,
+    pub kind: AlertKind,
+    pub sent: u64,
+    pub failed: u64,
+}
+
 /// The alerts part of /status.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -180,11 +188,24 @@ impl Alerts {
         }
     }
 
-    /// (sink, kind, sent, failed) for /metrics, and suppressed counts by kind.
-    pub fn counts(&self) -> (Vec<(String, AlertKind, u64, u64)>, Vec<(AlertKind, u64)>) {
+    /// Deliveries by sink and kind, for /metrics.
+    pub fn deliveries(&self) -> Vec<Deliveries> {
         let ledger = self.ledger();
-        let counts = ledger.counts.iter().map(|((s, k), (sent, failed))| (s.clone(), *k, *sent, *failed)).collect();
-        (counts, ledger.suppressed.iter().map(|(k, n)| (*k, *n)).collect())
+        ledger
+            .counts
+            .iter()
+            .map(|((sink, kind), (sent, failed))| Deliveries {
+                sink: sink.clone(),
+                kind: *kind,
+                sent: *sent,
+                failed: *failed,
+            })
+            .collect()
+    }
+
+    /// Alerts held back by the rate limit, by kind.
+    pub fn suppressed(&self) -> Vec<(AlertKind, u64)> {
+        self.ledger().suppressed.iter().map(|(k, n)| (*k, *n)).collect()
     }
 
     pub fn dropped(&self) -> u64 {

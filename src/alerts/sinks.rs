@@ -74,12 +74,17 @@ fn client() -> &'static WebhookClient {
             .map(|b| b.with_root_certificates(roots).with_no_client_auth())
             .unwrap_or_else(|_| {
                 // ring supports the default versions; this branch only keeps the type total.
-                rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
             });
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).build(connector)
     })
 }

@@ -128,19 +128,19 @@ pub fn metrics(shared: &Shared) -> String {
 }
 
 fn alert_metrics(m: &mut String, shared: &Shared) {
-    let (counts, suppressed) = shared.alerts.counts();
-    for (name, help, pick) in [
-        ("cartguard_alerts_sent_total", "Alerts delivered, by sink and kind.", 0),
-        ("cartguard_alerts_failed_total", "Alerts a sink did not accept (after retries), by sink and kind.", 1),
+    let deliveries = shared.alerts.deliveries();
+    for (name, help, failed) in [
+        ("cartguard_alerts_sent_total", "Alerts delivered, by sink and kind.", false),
+        ("cartguard_alerts_failed_total", "Alerts a sink did not accept (after retries), by sink and kind.", true),
     ] {
         let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (sink, kind, sent, failed) in &counts {
-            let n = if pick == 0 { sent } else { failed };
-            let _ = writeln!(m, "{name}{{sink=\"{}\",kind=\"{}\"}} {n}", label(sink), kind.as_str());
+        for d in &deliveries {
+            let n = if failed { d.failed } else { d.sent };
+            let _ = writeln!(m, "{name}{{sink=\"{}\",kind=\"{}\"}} {n}", label(&d.sink), d.kind.as_str());
         }
     }
     let _ = writeln!(m, "# HELP cartguard_alerts_suppressed_total Alerts not sent: the same kind and key was sent within alerts.repeat_after.\n# TYPE cartguard_alerts_suppressed_total counter");
-    for (kind, n) in suppressed {
+    for (kind, n) in shared.alerts.suppressed() {
         let _ = writeln!(m, "cartguard_alerts_suppressed_total{{kind=\"{}\"}} {n}", kind.as_str());
     }
     let _ = writeln!(

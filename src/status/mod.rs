@@ -121,7 +121,11 @@ pub fn overdue_groups(shared: &Shared) -> Vec<Overdue> {
         let ago = Duration::from_millis(now_ms.saturating_sub(last_ms));
         let stale = if last_ms == 0 { shared.started.elapsed() >= e.within } else { ago >= e.within };
         if stale {
-            out.push(Overdue { group: e.group.clone(), within: e.within, last_seen_ago: (last_ms != 0).then_some(ago) });
+            out.push(Overdue {
+                group: e.group.clone(),
+                within: e.within,
+                last_seen_ago: (last_ms != 0).then_some(ago),
+            });
         }
     }
     out

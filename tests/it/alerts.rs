@@ -367,7 +367,10 @@ async fn alert_test_prints_each_sinks_answer_and_fails_when_one_fails() {
     let base = "listen:\n  - addr: \"127.0.0.1:0\"\nupstream:\n  url: \"http://127.0.0.1:9\"\nrules:\n  - name: site\n    path_prefix: /\n    others: deny\n";
     let broken = "    - name: broken\n      command: [\"/bin/false\"]\n";
     let run = |config: &Path| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_cartguard")).args(["alert", "test", "--config"]).arg(config).output()
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cartguard"))
+            .args(["alert", "test", "--config"])
+            .arg(config)
+            .output()
     };
 
     std::fs::write(&config, format!("{base}{}", alerts_yaml(&hook, broken))).unwrap();
