@@ -7,7 +7,8 @@
 //! (what to do; pure) → `users` (verify a login, off the async workers) →
 //! `proxy` (forward or answer) → `access_log` (one record per request).
 //! `config` turns YAML into the immutable snapshot each request reads once;
-//! `state` holds what outlives a snapshot; `status` serves the admin endpoints.
+//! `state` holds what outlives a snapshot; `status` serves the admin endpoints;
+//! `alerts` tells the owner (webhooks, commands) what needs them.
 
 #![forbid(unsafe_code)]
 
