@@ -7,13 +7,15 @@
 //! (what to do; pure) → `users` (verify a login, off the async workers) →
 //! `proxy` (forward or answer) → `access_log` (one record per request).
 //! `config` turns YAML into the immutable snapshot each request reads once;
-//! `state` holds what outlives a snapshot; `status` serves the admin endpoints.
+//! `state` holds what outlives a snapshot; `status` serves the admin endpoints;
+//! `alerts` tells the owner (webhooks, commands) what needs them.
 
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admission;
 pub mod admit;
+pub mod alerts;
 pub mod bans;
 pub mod config;
 pub mod conn;
@@ -72,6 +74,8 @@ impl Guard {
             tokio::spawn(status::serve_admin(admin, shared.clone(), rx.clone()));
         }
         tokio::spawn(upstream::probe(shared.clone(), rx.clone()));
+        tokio::spawn(alerts::deliver_queued(shared.clone(), rx.clone()));
+        tokio::spawn(alerts::watch(shared.clone(), rx.clone()));
         let done = tokio::spawn(server::serve(listeners, shared.clone(), rx));
         Ok(Guard { shared, addrs, admin_addr, shutdown: tx, done })
     }
@@ -121,6 +125,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
             shared.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
             info.last_reload_error = Some(e.clone());
             tracing::error!("config reload failed, the previous config keeps serving: {e}");
+            alerts::raise(shared, alerts::Alert::reload_failed(&path.display().to_string(), e));
         }
     }
     result.map(|_| ())

@@ -71,6 +71,11 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         cost: u32,
     },
+    /// Alerts: `alert test` sends a test alert to every sink and prints each answer.
+    Alert {
+        #[command(subcommand)]
+        action: AlertAction,
+    },
     /// Fetch /status from the admin listener and print a summary.
     Status {
         #[arg(long, default_value = "127.0.0.1:9901")]
@@ -78,6 +83,15 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertAction {
+    /// Send a test alert to every sink in `alerts:`; exit 1 if any failed.
+    Test {
+        #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
+        config: PathBuf,
     },
 }
 
@@ -107,6 +121,38 @@ fn main() -> ExitCode {
         }
         Command::HashPassword { user, cost } => hash_password(&user, cost),
         Command::Status { admin, json } => status(admin, json),
+        Command::Alert { action: AlertAction::Test { config } } => alert_test(&config),
+    }
+}
+
+fn alert_test(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if config.alerts.sinks.is_empty() {
+        return fail("no alert sinks: add alerts.sinks to the config");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut failed = 0;
+    for (name, kind, result) in runtime.block_on(cartguard::alerts::test_all(&config)) {
+        match result {
+            Ok(answer) => println!("{name} ({kind}): ok: {answer}"),
+            Err(error) => {
+                failed += 1;
+                println!("{name} ({kind}): FAILED: {error}");
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("cartguard: {failed} of {} sinks failed", config.alerts.sinks.len());
+        ExitCode::FAILURE
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Shared {
     pub tls: crate::tls::TlsStores,
     /// The addresses actually bound, in config order (port 0 resolved), for /status.
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// The alert queue, rate limits and what each sink answered.
+    pub alerts: crate::alerts::Alerts,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -70,6 +72,7 @@ impl Shared {
             reload: Mutex::new(ReloadInfo::default()),
             tls,
             bound: std::sync::OnceLock::new(),
+            alerts: crate::alerts::Alerts::default(),
         }))
     }
 }

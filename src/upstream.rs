@@ -326,6 +326,8 @@ pub async fn probe(shared: Arc<crate::state::Shared>, mut shutdown: tokio::sync:
         };
         let result = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&authority)).await;
         let up = &shared.stats.upstream;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let (was_up, first) = (up.reachable.load(relaxed), !up.probed.load(relaxed));
         match result {
             Ok(Ok(_)) => {
                 up.reachable.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -345,6 +347,7 @@ pub async fn probe(shared: Arc<crate::state::Shared>, mut shutdown: tokio::sync:
             }
         }
         up.probed.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::alerts::upstream_probed(&shared, &authority, was_up, first);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,

@@ -5,6 +5,8 @@
 //! Every error names the key and, where it can be found, its line and column.
 //! Nothing past this module sees raw YAML.
 
+mod alerts;
+mod group_file;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -56,6 +58,9 @@ pub struct Config {
     pub status: StatusSettings,
     pub log: LogSettings,
     pub limits: Limits,
+    pub alerts: AlertSettings,
+    /// Groups read from their own files, watched for changes.
+    pub group_files: Vec<GroupFile>,
     /// Not errors, but worth a look: printed by `check` and logged at start.
     pub warnings: Vec<String>,
 }
@@ -156,6 +161,74 @@ pub struct Limits {
     pub min_body_rate: u64,
 }
 
+/// `alerts:`: the sinks every alert goes to and the repeat window.
+#[derive(Debug, Clone, Default)]
+pub struct AlertSettings {
+    pub sinks: Vec<SinkConfig>,
+    /// One alert per kind and key within this window; later ones are counted, not sent.
+    pub repeat_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    pub target: SinkTarget,
+    /// For one attempt: the whole HTTP exchange, or the command's run.
+    pub timeout: Duration,
+    /// Webhooks only: further attempts after a failure.
+    pub retries: u32,
+    /// Webhooks only: the first wait between attempts; doubles each time.
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    /// POST of the alert as JSON. The URL is a secret (chat hooks carry their token in it).
+    Webhook(Uri),
+    /// argv[0] run directly, never through a shell.
+    Command { argv: Vec<String>, stdin: CommandStdin },
+}
+
+impl SinkTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkTarget::Webhook(_) => "webhook",
+            SinkTarget::Command { .. } => "command",
+        }
+    }
+}
+
+/// What a command sink gets on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandStdin {
+    Json,
+    /// A mail message (Subject header, text, then the JSON) for `sendmail`.
+    Mail,
+}
+
+/// A group whose addresses live in their own file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFile {
+    pub group: String,
+    pub path: PathBuf,
+    /// The file as it was when read; a different stamp means it changed.
+    pub stamp: Option<FileStamp>,
+}
+
+/// Modification time and length: enough to notice an edit without reading the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub modified: Option<SystemTime>,
+    pub len: u64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp { modified: meta.modified().ok(), len: meta.len() })
+    }
+}
+
 /// A configuration error: which key, where, and what is wrong.
 #[derive(Debug, Clone)]
 pub struct ConfigError {
@@ -231,7 +304,7 @@ impl Validator<'_> {
         let listeners = self.listeners(&raw)?;
         let upstream = self.upstream(&raw.upstream)?;
         let client_ip = self.client_ip(&raw.client_ip)?;
-        let groups = self.groups(&raw.groups)?;
+        let (groups, group_files) = self.groups(&raw.groups)?;
         let rules = self.rules(&raw, &groups)?;
         let auth = self.auth(&raw.auth)?;
         let users = self.users(&raw)?;
@@ -245,6 +318,7 @@ impl Validator<'_> {
             },
         };
         let limits = self.limits(&raw.limits)?;
+        let alerts = self.alerts(&raw.alerts)?;
         self.warn_about(&raw, &client_ip, &groups, &rules, &users);
         let policy = Policy { mode: raw.mode, client_ip, groups, rules };
         Ok(Config {
@@ -261,6 +335,8 @@ impl Validator<'_> {
             status,
             log,
             limits,
+            alerts,
+            group_files,
             warnings: self.warnings,
         })
     }
@@ -405,8 +481,7 @@ impl Validator<'_> {
         list.iter()
             .enumerate()
             .map(|(i, text)| {
-                let t = text.trim();
-                t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| {
+                parse_net(text).ok_or_else(|| {
                     self.err(format!("{key}[{i}]"), text, format!("{text:?} is not an IP address or CIDR"))
                 })
             })
@@ -434,8 +509,9 @@ impl Validator<'_> {
         Ok(ClientIpConfig { trusted_proxies: IpSet::new(nets), header })
     }
 
-    fn groups(&self, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<Group>, ConfigError> {
+    fn groups(&self, raw: &BTreeMap<String, raw::RawGroup>) -> Result<(Vec<Group>, Vec<GroupFile>), ConfigError> {
         let mut groups = Vec::new();
+        let mut files = Vec::new();
         if !raw.contains_key(INTEGRATION_MANAGEMENT) {
             groups.push(Group {
                 name: INTEGRATION_MANAGEMENT.into(),
@@ -446,13 +522,21 @@ impl Validator<'_> {
             if name.is_empty() || name.contains(char::is_whitespace) {
                 return Err(self.err(format!("groups.{name}"), name, "group names must be non-empty words"));
             }
-            let nets = self.cidrs(&format!("groups.{name}"), list)?;
+            let nets = match list {
+                raw::RawGroup::List(list) => self.cidrs(&format!("groups.{name}"), list)?,
+                raw::RawGroup::File(f) => {
+                    let path = self.relative(&f.file);
+                    let (nets, stamp) = group_file::read(name, &path)?;
+                    files.push(GroupFile { group: name.clone(), path, stamp });
+                    nets
+                }
+            };
             groups.push(Group { name: name.clone(), set: IpSet::new(nets) });
         }
         if groups.len() > MAX_GROUPS {
             return Err(self.err("groups", "groups:", format!("at most {MAX_GROUPS} groups")));
         }
-        Ok(groups)
+        Ok((groups, files))
     }
 
     fn rules(&self, raw: &RawConfig, groups: &[Group]) -> Result<Vec<Rule>, ConfigError> {
@@ -721,6 +805,12 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// An address or CIDR, as groups and trusted proxies write them.
+fn parse_net(text: &str) -> Option<IpNet> {
+    let t = text.trim();
+    t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).ok()
 }
 
 /// Line and column (1-based) of the first occurrence of `needle`.

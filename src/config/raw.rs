@@ -28,7 +28,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub client_ip: RawClientIp,
     #[serde(default)]
-    pub groups: BTreeMap<String, Vec<String>>,
+    pub groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     pub users: RawUsers,
     pub rules: Vec<RawRule>,
@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub alerts: RawAlerts,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +303,81 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_address() -> usize {
     256
+}
+
+/// A group is a list of addresses/CIDRs, or `{file: PATH}` with one a line.
+#[derive(Debug)]
+pub enum RawGroup {
+    List(Vec<String>),
+    File(RawGroupFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroupFile {
+    pub file: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for RawGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawGroup;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of addresses/CIDRs or {file: PATH}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawGroupFile::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawGroup::File)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(RawGroup::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `alerts:`: where to tell the owner, and how often at most.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+    /// The same kind of alert about the same thing is sent at most once per this window.
+    #[serde(default = "mins::<60>")]
+    pub repeat_after: Dur,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        RawAlerts { sinks: Vec::new(), repeat_after: mins::<60>() }
+    }
+}
+
+/// One place alerts go: exactly one of `webhook` and `command`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub name: String,
+    #[serde(default)]
+    pub webhook: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Command sinks: what goes to stdin (`json`, or `mail` for sendmail).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default = "secs::<10>")]
+    pub timeout: Dur,
+    /// Webhooks: attempts after the first failed one.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Webhooks: the wait before the first retry; doubles each time.
+    #[serde(default = "secs::<2>")]
+    pub backoff: Dur,
+}
+
+fn default_retries() -> u32 {
+    3
 }
 
 fn secs<const N: u64>() -> Dur {

@@ -147,3 +147,57 @@ fn unknown_sni_is_default_cert_unless_set_and_only_allowed_on_tls_listeners() {
     assert!(e.contains("listen[0].unknown_sni") && e.contains("t.yaml:4:"), "{e}");
     assert!(err(&tls.replace("unknown_sni: reject", "unknown_sni: drop")).contains("unknown_sni"));
 }
+
+#[test]
+fn alert_sinks_are_webhooks_or_commands_with_defaults() {
+    let text = format!(
+        "{BASE}alerts:\n  sinks:\n    - name: chat\n      webhook: \"https://hooks.example.com/T/B/secret\"\n    - name: mail\n      command: [/usr/sbin/sendmail, -i, owner@example.com]\n      stdin: mail\n      timeout: 30s\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.alerts.repeat_after, Duration::from_secs(3600));
+    let chat = &c.alerts.sinks[0];
+    assert!(matches!(&chat.target, SinkTarget::Webhook(u) if u.path() == "/T/B/secret"));
+    assert_eq!((chat.timeout, chat.retries, chat.backoff), (Duration::from_secs(10), 3, Duration::from_secs(2)));
+    let mail = &c.alerts.sinks[1];
+    assert!(matches!(&mail.target, SinkTarget::Command { argv, stdin: CommandStdin::Mail } if argv.len() == 3));
+    assert_eq!(mail.timeout, Duration::from_secs(30));
+    assert!(parse(BASE).unwrap().alerts.sinks.is_empty());
+}
+
+#[test]
+fn bad_alert_sinks_are_errors_that_never_echo_a_webhook_url() {
+    let sink = |body: &str| format!("{BASE}alerts:\n  sinks:\n    - name: s\n{body}");
+    let e = err(&sink("      webhook: \"ftp://hooks.example.com/secret\"\n"));
+    assert!(e.contains("alerts.sinks[0].webhook") && e.contains("http://"), "{e}");
+    assert!(!e.contains("secret"), "the URL is a secret: {e}");
+    let e = err(&sink("      webhook: \"http://a/\"\n      command: [x]\n"));
+    assert!(e.contains("exactly one of webhook: and command:"), "{e}");
+    assert!(err(&sink("      command: []\n")).contains("needs a program"));
+    assert!(err(&sink("      command: [x]\n      stdin: xml\n")).contains("json or mail"));
+    assert!(err(&sink("      command: [x]\n      shell: true\n")).contains("shell"));
+    let twice = format!("{BASE}alerts:\n  sinks:\n    - {{name: a, command: [x]}}\n    - {{name: a, command: [y]}}\n");
+    assert!(err(&twice).contains("used twice"));
+}
+
+#[test]
+fn a_group_file_is_read_relative_to_the_config_and_its_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("partners.txt"), "# partners\n192.0.2.7\n198.51.100.0/24 # B\n").unwrap();
+    let text = BASE.replace("allow: [integration-management]", "allow: [partners]")
+        + "groups:\n  partners: {file: partners.txt}\n";
+    let config = dir.path().join("c.yaml");
+    let c = Config::from_yaml(&text, &config).unwrap();
+    let g = c.policy.group_index("partners").unwrap();
+    assert!(c.policy.groups[g].set.contains("198.51.100.9".parse().unwrap()));
+    assert!(!c.policy.groups[g].set.contains("192.0.2.8".parse().unwrap()));
+    assert_eq!(c.group_files[0].path, dir.path().join("partners.txt"));
+    assert!(c.group_files[0].stamp.is_some());
+
+    std::fs::write(dir.path().join("partners.txt"), "192.0.2.7\n  192.0.2.300\n").unwrap();
+    let e = Config::from_yaml(&text, &config).unwrap_err().to_string();
+    assert!(e.contains("partners.txt:2:3: groups.partners.file: \"192.0.2.300\""), "{e}");
+    std::fs::remove_file(dir.path().join("partners.txt")).unwrap();
+    let e = Config::from_yaml(&text, &config).unwrap_err().to_string();
+    assert!(e.contains("partners.txt: groups.partners.file: cannot read"), "{e}");
+    assert!(err(&format!("{BASE}groups:\n  partners: {{file: a.txt, extra: 1}}\n")).contains("extra"));
+}

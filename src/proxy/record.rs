@@ -181,6 +181,12 @@ impl Drop for Pending {
                         path = %r.path,
                         "possible new integration address: refused on a rule that admits an allow group; if this is Integration Management, add it to the group"
                     );
+                    let alert = crate::alerts::Alert::new_integration_address(
+                        &r.client_ip,
+                        r.rule.as_deref().unwrap_or("-"),
+                        &r.path,
+                    );
+                    crate::alerts::raise(&self.shared, alert);
                 }
             }
         }

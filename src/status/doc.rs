@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::rfc3339;
+use crate::alerts::AlertsStatus;
 use crate::bans::BanView;
 use crate::policy::{Mode, Others};
 use crate::state::{Alarm, Denial, Shared};
@@ -42,6 +43,9 @@ pub struct StatusDoc {
     pub auth_failures: u64,
     pub certificates: Vec<CertificateStatus>,
     pub access_log_dropped: u64,
+    /// Each alert sink's last success and last failure.
+    #[serde(default)]
+    pub alerts: AlertsStatus,
     /// Allow-group members' requests over the last 24 hours, oldest hour first.
     pub timeline: Vec<HourCount>,
     pub overload: OverloadStatus,
@@ -158,6 +162,7 @@ impl Default for StatusDoc {
             access_log_dropped: 0,
             timeline: Vec::new(),
             overload: OverloadStatus::default(),
+            alerts: AlertsStatus::default(),
         }
     }
 }
@@ -263,6 +268,7 @@ impl StatusDoc {
                 })
                 .collect(),
             access_log_dropped: shared.access_log.dropped(),
+            alerts: shared.alerts.status(c),
             timeline: stats.timeline.last_24h(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

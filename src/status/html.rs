@@ -217,6 +217,30 @@ pub fn render(doc: &StatusDoc) -> String {
             .map(|c| vec![esc(&c.listener), list(&c.names), esc(&c.not_after), c.days_left.to_string()])
             .collect(),
     );
+    table(
+        &mut out,
+        "Alert sinks",
+        &["sink", "type", "sent", "failed", "last sent", "answer", "last error"],
+        doc.alerts
+            .sinks
+            .iter()
+            .map(|s| {
+                let error = match (&s.last_error_at, &s.last_error) {
+                    (Some(at), Some(e)) => format!("<span class=bad>{} {}</span>", esc(at), esc(e)),
+                    _ => "-".into(),
+                };
+                vec![
+                    esc(&s.name),
+                    esc(&s.kind),
+                    s.sent.to_string(),
+                    s.failed.to_string(),
+                    opt(&s.last_sent_at),
+                    opt(&s.last_answer),
+                    error,
+                ]
+            })
+            .collect(),
+    );
     out.push_str("</html>\n");
     out
 }

@@ -11,7 +11,6 @@ pub fn metrics(shared: &Shared) -> String {
     let rt = shared.runtime.load();
     let stats = &shared.stats;
     let mut m = String::with_capacity(4096);
-    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     m.push_str("# HELP cartguard_requests_total Requests by rule, decision and status class.\n# TYPE cartguard_requests_total counter\n");
     let mut rules: Vec<_> = stats.rules_snapshot().into_iter().collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
@@ -147,6 +146,7 @@ pub fn metrics(shared: &Shared) -> String {
         "# HELP cartguard_build_info The running version.\n# TYPE cartguard_build_info gauge\ncartguard_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
+    alert_metrics(&mut m, shared);
     process_metrics(&mut m);
     m
 }
@@ -249,4 +249,31 @@ fn overload(m: &mut String, shared: &Shared) {
         let _ = writeln!(m, "cartguard_verifications_total{{result=\"{how}\"}} {}", c.load(Ordering::Relaxed));
     }
     let _ = writeln!(m, "# HELP cartguard_verifications_waiting Logins waiting for a verification slot.\n# TYPE cartguard_verifications_waiting gauge\ncartguard_verifications_waiting {}", pool.waiting());
+}
+
+fn alert_metrics(m: &mut String, shared: &Shared) {
+    let deliveries = shared.alerts.deliveries();
+    for (name, help, failed) in [
+        ("cartguard_alerts_sent_total", "Alerts delivered, by sink and kind.", false),
+        ("cartguard_alerts_failed_total", "Alerts a sink did not accept (after retries), by sink and kind.", true),
+    ] {
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
+        for d in &deliveries {
+            let n = if failed { d.failed } else { d.sent };
+            let _ = writeln!(m, "{name}{{sink=\"{}\",kind=\"{}\"}} {n}", label(&d.sink), d.kind.as_str());
+        }
+    }
+    let _ = writeln!(m, "# HELP cartguard_alerts_suppressed_total Alerts not sent: the same kind and key was sent within alerts.repeat_after.\n# TYPE cartguard_alerts_suppressed_total counter");
+    for (kind, n) in shared.alerts.suppressed() {
+        let _ = writeln!(m, "cartguard_alerts_suppressed_total{{kind=\"{}\"}} {n}", kind.as_str());
+    }
+    let _ = writeln!(
+        m,
+        "# HELP cartguard_alerts_dropped_total Alerts dropped because the queue was full.\n# TYPE cartguard_alerts_dropped_total counter\ncartguard_alerts_dropped_total {}",
+        shared.alerts.dropped()
+    );
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

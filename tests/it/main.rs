@@ -4,6 +4,7 @@
 mod common;
 
 mod admission;
+mod alerts;
 mod cli;
 mod forwarding;
 mod framing;

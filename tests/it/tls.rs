@@ -101,7 +101,7 @@ impl Leaf {
 }
 
 /// (year, month, day) of today + `days` (UTC), without a date crate.
-fn date_in_days(days: i64) -> (i32, u8, u8) {
+pub(crate) fn date_in_days(days: i64) -> (i32, u8, u8) {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
     let z = now.div_euclid(86_400) + days + 719_468;
     let era = z.div_euclid(146_097);
