@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admission;
 pub mod admit;
 pub mod alerts;
@@ -76,6 +77,7 @@ impl Guard {
         tokio::spawn(upstream::probe(shared.clone(), rx.clone()));
         tokio::spawn(alerts::deliver_queued(shared.clone(), rx.clone()));
         tokio::spawn(alerts::watch(shared.clone(), rx.clone()));
+        acme::manager::spawn_all(&shared, &rx);
         let done = tokio::spawn(server::serve(listeners, shared.clone(), rx));
         Ok(Guard { shared, addrs, admin_addr, shutdown: tx, done })
     }
@@ -139,13 +141,16 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
     let shape = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.addr, l.certs.is_empty(), l.proxy_protocol, l.redirect_https, l.unknown_sni))
+            .map(|l| (l.addr, l.is_tls(), l.proxy_protocol, l.redirect_https, l.unknown_sni))
             .collect::<Vec<_>>()
     };
     if shape(&config) != shape(&old.config) {
         restart.push(
             "listener changes (addresses, TLS on/off, proxy_protocol, redirect_https, unknown_sni) need a restart",
         );
+    }
+    if config.listeners.iter().map(|l| &l.acme).ne(old.config.listeners.iter().map(|l| &l.acme)) {
+        restart.push("acme changes need a restart");
     }
     if config.status.listen != old.config.status.listen {
         restart.push("status.listen changes need a restart");

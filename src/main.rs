@@ -288,6 +288,7 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     let tls = cartguard::tls::TlsStores::load(&config.listeners);
     let mut errors = Vec::new();
     let mut warnings = config.warnings.clone();
+    warnings.extend(cartguard::acme::warnings(&config));
     match &tls {
         Err(e) => errors.push(e.clone()),
         Ok(stores) => {

@@ -14,8 +14,16 @@ pub fn describe(config: &Config) -> String {
     let _ = writeln!(out, "config    {} (sha256 {})", config.source.path.display(), &config.source.sha256[..12]);
     let _ = writeln!(out, "mode      {}", p.mode.as_str());
     for l in &config.listeners {
-        let kind =
-            if l.certs.is_empty() { "http".to_string() } else { format!("https ({} certificate(s))", l.certs.len()) };
+        let kind = match &l.acme {
+            Some(a) => format!(
+                "https (acme: {} from {}, {})",
+                a.domains.join(", "),
+                a.directory,
+                a.challenges.iter().map(|c| c.as_str()).collect::<Vec<_>>().join("/")
+            ),
+            None if l.certs.is_empty() => "http".to_string(),
+            None => format!("https ({} certificate(s))", l.certs.len()),
+        };
         let extra = [(l.proxy_protocol, " proxy_protocol"), (l.redirect_https, " redirect_https")]
             .iter()
             .filter(|(on, _)| *on)

@@ -94,7 +94,7 @@ pub async fn serve(listeners: Vec<BoundListener>, shared: Arc<Shared>, mut shutd
     let mut tasks = Vec::new();
     for l in listeners {
         let addr = l.tcp.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| l.config.addr.to_string());
-        tracing::info!(listener = %addr, tls = !l.config.certs.is_empty(), proxy_protocol = l.config.proxy_protocol, "listening");
+        tracing::info!(listener = %addr, tls = l.config.is_tls(), proxy_protocol = l.config.proxy_protocol, "listening");
         tasks.push(tokio::spawn(accept_loop(l, addr, shared.clone(), tracker.clone(), shutdown.clone())));
     }
     let _ = shutdown.wait_for(|s| *s).await;
@@ -120,7 +120,7 @@ async fn accept_loop(
     let listener: Arc<str> = addr.into();
     // Stores are keyed by the configured address (the bound one differs when the port is 0).
     let tls = match shared.tls.store_for(&l.config.addr.to_string()) {
-        Some(store) if !l.config.certs.is_empty() => match store.server_config() {
+        Some(store) if l.config.is_tls() => match store.server_config() {
             Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
             Err(e) => {
                 tracing::error!(listener = %listener, error = %e, "TLS setup failed; listener not started");
@@ -212,6 +212,11 @@ async fn connection(
                     return;
                 }
             };
+            // A TLS-ALPN-01 validation ends with the handshake: no HTTP on that protocol.
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::acme::challenge::ACME_TLS_ALPN) {
+                tracing::info!(peer = %peer, listener = %listener, "answered an ACME tls-alpn-01 validation");
+                return;
+            }
             let version = match tls_stream.get_ref().1.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

@@ -3,7 +3,9 @@
 //! Each TLS listener owns a `CertStore`; its resolver reads the current set
 //! atomically on every handshake, so a reload (SIGHUP) changes the certificate
 //! for new handshakes without touching established connections. A broken or
-//! missing file keeps the old certificates and is reported.
+//! missing file keeps the old certificates and is reported. `acme:` listeners
+//! start with their stored certificate (or none) and the ACME task swaps in new
+//! ones; their resolver also answers TLS-ALPN-01 validations.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
+use crate::acme::challenge::ACME_TLS_ALPN;
+use crate::acme::AcmeState;
 use crate::config::{CertPaths, ListenerConfig};
 use crate::upstream::crypto_provider;
 
@@ -54,6 +58,8 @@ pub struct CertStore {
     pub listener: String,
     current: ArcSwap<Vec<LoadedCert>>,
     unknown_sni: UnknownSni,
+    /// Set on `acme:` listeners: where TLS-ALPN-01 answers come from.
+    acme: Option<Arc<AcmeState>>,
 }
 
 /// Certificates read for a reload, not yet serving.
@@ -72,19 +78,28 @@ impl CertsReady {
 #[derive(Debug, Default)]
 pub struct TlsStores {
     pub stores: Vec<Arc<CertStore>>,
+    /// Challenge answers and certificate status of the `acme:` listeners.
+    pub acme: Arc<AcmeState>,
 }
 
 impl TlsStores {
     pub fn load(listeners: &[ListenerConfig]) -> Result<TlsStores, String> {
+        let acme_state = Arc::new(AcmeState::default());
         let mut stores = Vec::new();
-        for l in listeners.iter().filter(|l| !l.certs.is_empty()) {
+        for l in listeners.iter().filter(|l| l.is_tls()) {
+            let listener = l.addr.to_string();
+            let (certs, acme) = match &l.acme {
+                Some(cfg) => (acme_state.load(&listener, cfg)?, Some(acme_state.clone())),
+                None => (load_all(&l.certs)?, None),
+            };
             stores.push(Arc::new(CertStore {
-                listener: l.addr.to_string(),
-                current: ArcSwap::from_pointee(load_all(&l.certs)?),
+                listener,
+                current: ArcSwap::from_pointee(certs),
                 unknown_sni: l.unknown_sni,
+                acme,
             }));
         }
-        Ok(TlsStores { stores })
+        Ok(TlsStores { stores, acme: acme_state })
     }
 
     pub fn store_for(&self, listener: &str) -> Option<Arc<CertStore>> {
@@ -119,6 +134,10 @@ impl TlsStores {
         for store in &self.stores {
             let certs = store.current.load();
             if let Some(host) = host {
+                // An acme: listener without a certificate yet gets one for its own names.
+                if store.acme.is_some() && certs.is_empty() {
+                    continue;
+                }
                 if !certs.iter().any(|c| c.info.names.iter().any(|n| name_matches(n, host))) {
                     out.push(format!("no certificate on {} covers the configured host {host:?}", store.listener));
                 }
@@ -142,6 +161,11 @@ impl TlsStores {
 }
 
 impl CertStore {
+    /// Swaps the served certificates; handshakes already done keep theirs.
+    pub fn replace(&self, certs: Vec<LoadedCert>) {
+        self.current.store(Arc::new(certs));
+    }
+
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -149,6 +173,9 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.acme.is_some() {
+            cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Arc::new(cfg))
     }
 }
@@ -158,6 +185,12 @@ struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.0.acme {
+            // A validation asks for acme-tls/1 only, and gets the challenge certificate or nothing.
+            if hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN)) {
+                return hello.server_name().and_then(|name| acme.challenges.tls_alpn_cert(name));
+            }
+        }
         let certs = self.0.current.load();
         if let Some(sni) = hello.server_name() {
             if let Some(c) = certs.iter().find(|c| c.info.names.iter().any(|n| name_matches(n, sni))) {

@@ -24,10 +24,12 @@ pub enum DecisionLabel {
     UpstreamError,
     Redirect,
     Overloaded,
+    /// An ACME HTTP-01 validation answered by the guard, before any rule.
+    AcmeChallenge,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 11] = [
+    pub const ALL: [DecisionLabel; 12] = [
         DecisionLabel::Allow,
         DecisionLabel::Open,
         DecisionLabel::AuthOk,
@@ -39,6 +41,7 @@ impl DecisionLabel {
         DecisionLabel::UpstreamError,
         DecisionLabel::Redirect,
         DecisionLabel::Overloaded,
+        DecisionLabel::AcmeChallenge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl DecisionLabel {
             DecisionLabel::UpstreamError => "upstream_error",
             DecisionLabel::Redirect => "redirect",
             DecisionLabel::Overloaded => "overloaded",
+            DecisionLabel::AcmeChallenge => "acme_challenge",
         }
     }
 

@@ -168,10 +168,7 @@ impl OverloadTracker {
             Some((at_start, began)) if !shed && self.last_shed_at.is_some_and(|t| now - t >= OVERLOAD_CALM) => {
                 self.episode = None;
                 let lasted = self.last_shed_at.map(|t| t - began).unwrap_or_default().as_secs();
-                Some(OverloadChange::Stopped(format!(
-                    "after {lasted}s: {}",
-                    now_counts.since(at_start).describe()
-                )))
+                Some(OverloadChange::Stopped(format!("after {lasted}s: {}", now_counts.since(at_start).describe())))
             }
             _ => None,
         }

@@ -5,6 +5,7 @@
 //! Every error names the key and, where it can be found, its line and column.
 //! Nothing past this module sees raw YAML.
 
+pub mod acme;
 mod alerts;
 mod group_file;
 pub mod raw;
@@ -26,6 +27,8 @@ use crate::policy::{Group, Policy, MAX_GROUPS};
 use crate::policy::{Mode, Others};
 use crate::users::Users;
 use raw::{RawCert, RawConfig};
+
+pub use acme::{AcmeConfig, Challenge};
 
 /// The access log's line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -80,6 +83,15 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     pub redirect_https: bool,
     pub unknown_sni: crate::tls::UnknownSni,
+    /// Certificates from an ACME CA instead of files (then `certs` is empty).
+    pub acme: Option<AcmeConfig>,
+}
+
+impl ListenerConfig {
+    /// Serves TLS, with certificate files or ACME.
+    pub fn is_tls(&self) -> bool {
+        !self.certs.is_empty() || self.acme.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +387,16 @@ impl Validator<'_> {
             if l.tls.is_some() && certs.is_empty() {
                 return Err(self.err(format!("listen[{i}].tls"), "tls:", "an empty certificate list"));
             }
-            if l.redirect_https && !certs.is_empty() {
+            if l.tls.is_some() && l.acme.is_some() {
+                return Err(self.err(
+                    format!("listen[{i}].acme"),
+                    "acme:",
+                    "a listener takes either tls (certificate files) or acme, not both",
+                ));
+            }
+            let has_plain = raw.listen.iter().any(|l| l.tls.is_none() && l.acme.is_none());
+            let acme = l.acme.as_ref().map(|a| self.acme(i, a, has_plain)).transpose()?;
+            if l.redirect_https && (!certs.is_empty() || acme.is_some()) {
                 return Err(self.err(
                     format!("listen[{i}].redirect_https"),
                     "redirect_https",
@@ -395,6 +416,7 @@ impl Validator<'_> {
                 proxy_protocol: l.proxy_protocol,
                 redirect_https: l.redirect_https,
                 unknown_sni: l.unknown_sni.unwrap_or_default(),
+                acme,
             });
         }
         Ok(out)

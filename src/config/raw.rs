@@ -58,6 +58,34 @@ pub struct RawListener {
     /// TLS listeners only: what a ClientHello without a known name gets.
     #[serde(default)]
     pub unknown_sni: Option<UnknownSni>,
+    /// Certificates from an ACME CA instead of `tls:` files.
+    #[serde(default)]
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// `letsencrypt` (default), `staging`, or the https URL of a directory.
+    #[serde(default = "default_directory")]
+    pub directory: String,
+    pub state_dir: PathBuf,
+    /// `tls-alpn-01` and/or `http-01`, in order of preference.
+    #[serde(default)]
+    pub challenges: Option<Vec<String>>,
+    /// A PEM root that signs the directory's HTTPS certificate (test or private CAs).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The first wait after a failed attempt; it doubles up to an hour.
+    #[serde(default = "secs::<60>")]
+    pub retry_backoff: Dur,
+}
+
+fn default_directory() -> String {
+    "letsencrypt".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -43,6 +43,9 @@ where
 {
     let runtime = shared.runtime.load_full();
     let mut pending = Pending::for_request(shared.clone(), runtime.clone(), &conn, &req);
+    if let Some(reply) = crate::acme::http01::check(&shared, &runtime.config, &conn, &req) {
+        return Ok(reply.respond(pending));
+    }
     let result = handle_inner(&shared, &runtime, &conn, req, &mut pending).await;
     let challenge = &runtime.config.auth.challenge;
     Ok(match result {

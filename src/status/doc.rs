@@ -42,6 +42,9 @@ pub struct StatusDoc {
     pub bans: Vec<BanView>,
     pub auth_failures: u64,
     pub certificates: Vec<CertificateStatus>,
+    /// One entry per name of every `acme:` listener.
+    #[serde(default)]
+    pub acme: Vec<AcmeNameStatus>,
     pub access_log_dropped: u64,
     /// Each alert sink's last success and last failure.
     #[serde(default)]
@@ -137,6 +140,25 @@ pub struct CertificateStatus {
     pub days_left: i64,
 }
 
+/// How the certificate for one ACME name is doing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AcmeNameStatus {
+    pub name: String,
+    pub listener: String,
+    pub directory: String,
+    /// None until a certificate exists.
+    pub issuer: Option<String>,
+    pub not_after: Option<String>,
+    pub days_left: Option<i64>,
+    pub last_attempt_at: Option<String>,
+    pub last_renewed_at: Option<String>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+}
+
 impl Default for StatusDoc {
     fn default() -> StatusDoc {
         StatusDoc {
@@ -159,6 +181,7 @@ impl Default for StatusDoc {
             bans: Vec::new(),
             auth_failures: 0,
             certificates: Vec::new(),
+            acme: Vec::new(),
             access_log_dropped: 0,
             timeline: Vec::new(),
             overload: OverloadStatus::default(),
@@ -235,7 +258,7 @@ impl StatusDoc {
                 .enumerate()
                 .map(|(i, l)| ListenerStatus {
                     addr: bound.and_then(|b| b.get(i)).unwrap_or(&l.addr).to_string(),
-                    tls: !l.certs.is_empty(),
+                    tls: l.is_tls(),
                     proxy_protocol: l.proxy_protocol,
                     redirect_https: l.redirect_https,
                 })
@@ -267,6 +290,7 @@ impl StatusDoc {
                     days_left: i.days_left,
                 })
                 .collect(),
+            acme: acme_names(shared),
             access_log_dropped: shared.access_log.dropped(),
             alerts: shared.alerts.status(c),
             timeline: stats.timeline.last_24h(
@@ -298,4 +322,26 @@ impl OverloadStatus {
             verifications_waiting: pool.waiting(),
         }
     }
+}
+
+fn acme_names(shared: &Shared) -> Vec<AcmeNameStatus> {
+    let mut out = Vec::new();
+    for c in shared.tls.acme.snapshot() {
+        for name in &c.names {
+            out.push(AcmeNameStatus {
+                name: name.clone(),
+                listener: c.listener.clone(),
+                directory: c.directory.clone(),
+                issuer: c.issuer.clone(),
+                not_after: c.not_after_unix.map(crate::acme::at),
+                days_left: c.days_left(),
+                last_attempt_at: c.last_attempt_at.clone(),
+                last_renewed_at: c.last_renewed_at.clone(),
+                last_error: c.last_error.clone(),
+                next_attempt_at: c.next_attempt_at.clone(),
+                failures: c.failures,
+            });
+        }
+    }
+    out
 }

@@ -241,6 +241,27 @@ pub fn render(doc: &StatusDoc) -> String {
             })
             .collect(),
     );
+    if !doc.acme.is_empty() {
+        let opt = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
+        table(
+            &mut out,
+            "Automatic HTTPS (ACME)",
+            &["name", "issuer", "expires", "last attempt", "last error", "next attempt"],
+            doc.acme
+                .iter()
+                .map(|a| {
+                    vec![
+                        esc(&a.name),
+                        opt(&a.issuer),
+                        opt(&a.not_after),
+                        opt(&a.last_attempt_at),
+                        opt(&a.last_error),
+                        opt(&a.next_attempt_at),
+                    ]
+                })
+                .collect(),
+        );
+    }
     out.push_str("</html>\n");
     out
 }

@@ -147,6 +147,7 @@ pub fn metrics(shared: &Shared) -> String {
         env!("CARGO_PKG_VERSION")
     );
     alert_metrics(&mut m, shared);
+    acme_metrics(&mut m, shared, &label);
     process_metrics(&mut m);
     m
 }
@@ -276,4 +277,55 @@ fn alert_metrics(m: &mut String, shared: &Shared) {
 
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Per ACME name: expiry, last attempt, consecutive failures and attempts by result.
+fn acme_metrics(m: &mut String, shared: &Shared, label: &dyn Fn(&str) -> String) {
+    let certs = shared.tls.acme.snapshot();
+    if certs.is_empty() {
+        return;
+    }
+    let series: [(&str, &str, &str); 3] = [
+        (
+            "cartguard_acme_certificate_expiry_timestamp_seconds",
+            "Unix time the ACME certificate for each name expires (0: none yet).",
+            "gauge",
+        ),
+        (
+            "cartguard_acme_last_attempt_timestamp_seconds",
+            "Unix time of the last issue or renewal attempt (0: none since start).",
+            "gauge",
+        ),
+        ("cartguard_acme_consecutive_failures", "Failed ACME attempts since the last success.", "gauge"),
+    ];
+    for (i, (name, help, kind)) in series.iter().enumerate() {
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in &certs {
+            let value = match i {
+                0 => c.not_after_unix.unwrap_or(0),
+                1 => c.last_attempt_unix.unwrap_or(0),
+                _ => i64::from(c.failures),
+            };
+            for n in &c.names {
+                let _ = writeln!(m, "{name}{{name=\"{}\"}} {value}", label(n));
+            }
+        }
+    }
+    let _ = writeln!(m, "# HELP cartguard_acme_attempts_total ACME issue and renewal attempts by result.\n# TYPE cartguard_acme_attempts_total counter");
+    for c in &certs {
+        for n in &c.names {
+            let _ = writeln!(
+                m,
+                "cartguard_acme_attempts_total{{name=\"{}\",result=\"success\"}} {}",
+                label(n),
+                c.renewals_ok
+            );
+            let _ = writeln!(
+                m,
+                "cartguard_acme_attempts_total{{name=\"{}\",result=\"failure\"}} {}",
+                label(n),
+                c.renewals_failed
+            );
+        }
+    }
 }

@@ -146,6 +146,7 @@ pub fn health_reasons(shared: &Shared) -> Vec<String> {
         };
         reasons.push(format!("group {} not seen within {}s ({seen})", g.group, g.within.as_secs()));
     }
+    reasons.extend(shared.tls.acme.health_reasons());
     let reload = shared.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(err) = reload.last_reload_error {
         reasons.push(format!("last reload failed: {err}"));

@@ -2,7 +2,9 @@
 //! clients from different 127.0.0.x source addresses. One binary, one link.
 
 mod common;
+mod pebble;
 
+mod acme;
 mod admission;
 mod alerts;
 mod cli;

@@ -132,7 +132,7 @@ async fn tls_guard(certs: &[(PathBuf, PathBuf)], limits: &str) -> TestGuard {
 
 // ---------------------------------------------------------------- TLS client
 
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -160,7 +160,7 @@ fn default_client(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> ClientConfig 
 
 /// Accepts any certificate: only to look at what the server presents for an unknown name.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
+pub struct AcceptAny(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
@@ -195,7 +195,7 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 /// Handshake from `source`, verifying the server as `name`.
-async fn try_tls_connect(
+pub async fn try_tls_connect(
     source: &str,
     addr: SocketAddr,
     cfg: ClientConfig,
@@ -211,7 +211,7 @@ async fn tls_connect(source: &str, addr: SocketAddr, cfg: ClientConfig, name: &s
     try_tls_connect(source, addr, cfg, name).await.unwrap_or_else(|e| panic!("TLS handshake as {name} failed: {e}"))
 }
 
-fn peer_leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+pub fn peer_leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     s.get_ref().1.peer_certificates().expect("no peer certificate")[0].clone()
 }
 
