@@ -195,7 +195,7 @@ async fn connection(
                 activity: activity.clone(),
             });
             let io = FramingIo::new(ActivityIo::new(stream, activity.clone()), max_head, refused.clone());
-            serve_http(io, info, activity, refused, ticket, shared, shutdown, &limits).await;
+            serve_http(io, info, refused, ticket, shared, shutdown, &limits).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -230,7 +230,7 @@ async fn connection(
                 activity: activity.clone(),
             });
             let io = FramingIo::new(ActivityIo::new(tls_stream, activity.clone()), max_head, refused.clone());
-            serve_http(io, info, activity, refused, ticket, shared, shutdown, &limits).await;
+            serve_http(io, info, refused, ticket, shared, shutdown, &limits).await;
         }
     }
 }
@@ -238,7 +238,6 @@ async fn connection(
 async fn serve_http<I>(
     io: I,
     info: Arc<ConnInfo>,
-    activity: Arc<Activity>,
     refused: crate::framing::Refused,
     ticket: &Ticket,
     shared: Arc<Shared>,
@@ -247,6 +246,7 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = info.activity.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
