@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use cartguard::config::Config;
+
+mod generate;
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +98,11 @@ enum AlertAction {
 }
 
 fn main() -> ExitCode {
+    // `cartguard generate man|completions` (packaging, see src/generate.rs) is not in `Cli`,
+    // so neither --help, the man pages nor the completions mention it.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return generate::main(Cli::command());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),

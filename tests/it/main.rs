@@ -10,6 +10,7 @@ mod alerts;
 mod cli;
 mod forwarding;
 mod framing;
+mod generate;
 mod h2;
 mod hostile;
 mod logging;
