@@ -32,9 +32,9 @@ die() {
     exit 1
 }
 
-# Reproducible archives: timestamps from the last commit.
-SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-export SOURCE_DATE_EPOCH
+# Reproducible archives: timestamps from the last commit. Given to the archivers
+# only: exported to `cargo build`, it would make ring's build script rerun.
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 
 # Man pages, completions and the packaged unit, rendered by the given binary.
 generate() {
@@ -60,7 +60,7 @@ build_deb() {
     cargo build --release --locked
     generate "$target_dir/release/cartguard"
     rm -f "$dist"/cartguard_*.deb
-    cargo deb --no-build --locked --output "$dist/"
+    SOURCE_DATE_EPOCH=$epoch cargo deb --no-build --locked --output "$dist/"
 }
 
 build_tarball() {
@@ -92,7 +92,7 @@ build_tarball() {
     install -m 0644 "$gen"/completions/* "$stage/completions/"
     install -m 0644 config/examples/*.yaml "$stage/examples/"
     rm -f "$dist"/cartguard-*-"$musl".tar.gz
-    tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+    tar --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
         -C "$dist/stage" -czf "$dist/$name.tar.gz" "$name"
     rm -rf "$dist/stage"
     echo "$dist/$name.tar.gz"
@@ -107,5 +107,7 @@ all)
     ;;
 esac
 
-(cd "$dist" && ls -1 cartguard_*.deb cartguard-*.tar.gz 2>/dev/null | xargs -r sha256sum >SHA256SUMS)
-ls -l "$dist"/cartguard_*.deb "$dist"/cartguard-*.tar.gz 2>/dev/null || true
+shopt -s nullglob
+packages=("$dist"/cartguard_*.deb "$dist"/cartguard-*.tar.gz)
+(cd "$dist" && sha256sum "${packages[@]#"$dist"/}" >SHA256SUMS)
+ls -l "${packages[@]}"

@@ -108,14 +108,14 @@ perm() { stat -c '%U:%G %a' "$root$1"; }
 [[ $(perm /etc/cartguard/cartguard.yaml) == "root:cartguard 640" ]] ||
     fail "cartguard.yaml is $(perm /etc/cartguard/cartguard.yaml)"
 
-for f in /usr/bin/cartguard /lib/systemd/system/cartguard.service \
-    /lib/systemd/system/cartguard.service.d/cartguard-deb.conf /etc/logrotate.d/cartguard \
+for f in /usr/bin/cartguard /usr/lib/systemd/system/cartguard.service \
+    /usr/lib/systemd/system/cartguard.service.d/cartguard-deb.conf /etc/logrotate.d/cartguard \
     /usr/share/man/man1/cartguard.1.gz /usr/share/man/man1/cartguard-check.1.gz \
     /usr/share/bash-completion/completions/cartguard /usr/share/zsh/vendor-completions/_cartguard \
     /usr/share/fish/vendor_completions.d/cartguard.fish /usr/share/doc/cartguard/copyright; do
     [[ -e $root$f ]] || fail "$f is not installed"
 done
-unit=$root/lib/systemd/system/cartguard.service
+unit=$root/usr/lib/systemd/system/cartguard.service
 grep -q '^ExecStart=/usr/bin/cartguard run' "$unit" || fail "the packaged unit does not start /usr/bin/cartguard"
 ! grep -q /usr/local/bin "$unit" || fail "the packaged unit still names /usr/local/bin"
 conffiles=$(in_root dpkg-query -W -f='${Conffiles}\n' cartguard)
