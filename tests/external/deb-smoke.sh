@@ -103,10 +103,11 @@ if chroot --userspec=65534:65534 --groups=65534 "$root" cartguard check -q --con
     fail "the config is readable without the cartguard group"
 fi
 
-perm() { stat -c '%U:%G %a' "$root$1"; }
-[[ $(perm /etc/cartguard) == "root:cartguard 750" ]] || fail "/etc/cartguard is $(perm /etc/cartguard)"
-[[ $(perm /etc/cartguard/cartguard.yaml) == "root:cartguard 640" ]] ||
-    fail "cartguard.yaml is $(perm /etc/cartguard/cartguard.yaml)"
+# Numeric: the host's /etc/group does not know the chroot's groups.
+perm() { stat -c '%u:%g %a' "$root$1"; }
+[[ $(perm /etc/cartguard) == "0:$gid 750" ]] || fail "/etc/cartguard is $(perm /etc/cartguard), not 0:$gid 750"
+[[ $(perm /etc/cartguard/cartguard.yaml) == "0:$gid 640" ]] ||
+    fail "cartguard.yaml is $(perm /etc/cartguard/cartguard.yaml), not 0:$gid 640"
 
 for f in /usr/bin/cartguard /usr/lib/systemd/system/cartguard.service \
     /usr/lib/systemd/system/cartguard.service.d/cartguard-deb.conf /etc/logrotate.d/cartguard \
@@ -130,6 +131,12 @@ if command -v logrotate >/dev/null; then
     logrotate --debug --state "$work/logrotate.state" "$root/etc/logrotate.d/cartguard" >"$work/logrotate.out" 2>&1 ||
         { cat "$work/logrotate.out" >&2; fail "logrotate rejects /etc/logrotate.d/cartguard"; }
 fi
+
+echo "== dpkg -i again (an upgrade's path: the overrides must hold, the service must stay disabled)"
+in_root dpkg -i /tmp/cartguard.deb >"$work/dpkg-again.out" 2>&1 || { cat "$work/dpkg-again.out" >&2; fail "reinstall"; }
+[[ $(perm /etc/cartguard/cartguard.yaml) == "0:$gid 640" ]] || fail "cartguard.yaml is $(perm /etc/cartguard/cartguard.yaml) after a reinstall"
+[[ ! -e $root/etc/systemd/system/multi-user.target.wants/cartguard.service ]] || fail "enabled by a reinstall"
+in_root cartguard check -q || fail "cartguard check -q after a reinstall"
 
 echo "== dpkg --purge"
 in_root dpkg --purge cartguard >/dev/null
