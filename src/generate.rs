@@ -104,10 +104,9 @@ fn man_page(cmd: clap::Command, w: &mut dyn Write) -> io::Result<()> {
     let page = String::from_utf8_lossy(&page);
     let mut seen = std::collections::HashSet::new();
     for line in page.lines() {
-        if line.starts_with(".ie \\n(.g") || line.starts_with(".el .ds Aq") {
-            if !seen.insert(line) {
-                continue;
-            }
+        let preamble = line.starts_with(".ie \\n(.g") || line.starts_with(".el .ds Aq");
+        if preamble && !seen.insert(line) {
+            continue;
         }
         writeln!(w, "{line}")?;
     }
