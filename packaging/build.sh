@@ -42,8 +42,9 @@ generate() {
     rm -rf "$gen"
     mkdir -p "$gen/man-gz" "$gen/completions" "$gen/systemd"
     "$bin" generate man --out "$gen/man" >/dev/null
-    for f in "$gen"/man/*.1; do
-        gzip -9n <"$f" >"$gen/man-gz/$(basename "$f").gz"
+    local page
+    for page in "$gen"/man/*.1; do
+        gzip -9nc -- "$page" >"$gen/man-gz/${page##*/}.gz"
     done
     for shell in bash zsh fish; do
         "$bin" generate completions "$shell" --out "$gen/completions" >/dev/null

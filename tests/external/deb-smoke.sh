@@ -119,6 +119,7 @@ done
 unit=$root/usr/lib/systemd/system/cartguard.service
 grep -q '^ExecStart=/usr/bin/cartguard run' "$unit" || fail "the packaged unit does not start /usr/bin/cartguard"
 ! grep -q /usr/local/bin "$unit" || fail "the packaged unit still names /usr/local/bin"
+# shellcheck disable=SC2016 # ${Conffiles} is dpkg-query's field, not a shell variable
 conffiles=$(in_root dpkg-query -W -f='${Conffiles}\n' cartguard)
 for f in /etc/cartguard/cartguard.yaml /etc/logrotate.d/cartguard; do
     grep -q " $f " <<<"$conffiles" || fail "$f is not a conffile"
