@@ -112,6 +112,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
     let result = try_reload(shared, path);
     let mut info = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
     info.last_reload_at = Some(access_log::rfc3339(SystemTime::now()));
+    info.attempts += 1;
     match &result {
         Ok(restart) => {
             shared.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);

@@ -40,6 +40,20 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Check a config, make the running guard reload it, and report whether it took effect.
+    ///
+    /// Exit 1 without signalling when the config is invalid, and exit 1 with the guard's
+    /// own error when its reload fails (the previous config then keeps serving).
+    Reload {
+        #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
+        config: PathBuf,
+        /// The running guard's PID (systemd: `--pid $MAINPID`); default: the PID its status endpoint reports.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// How long to wait for the guard to report the reload's result.
+        #[arg(long, default_value = "30s", value_parser = parse_wait)]
+        timeout: Duration,
+    },
     /// Show how one request would be decided, step by step.
     Explain {
         #[arg(long, short, default_value = "/etc/cartguard/cartguard.yaml")]
@@ -107,6 +121,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config, quiet } => check(&config, quiet),
+        Command::Reload { config, pid, timeout } => reload(&config, pid, timeout),
         Command::Explain { config, ip, peer, headers, user, password, listener, method, target } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -287,17 +302,15 @@ fn log_policy(config: &Config) {
     }
 }
 
-fn check(path: &Path, quiet: bool) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let tls = cartguard::tls::TlsStores::load(&config.listeners);
+/// Loads a config the way `run` would and collects what `check` reports: the config
+/// (when it parses), its warnings, and the errors that would stop a start or reload.
+fn validate(path: &Path) -> Result<(Config, Vec<String>, Vec<String>), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
     let mut errors = Vec::new();
     let mut warnings = config.warnings.clone();
     warnings.extend(cartguard::acme::warnings(&config));
-    match &tls {
-        Err(e) => errors.push(e.clone()),
+    match cartguard::tls::TlsStores::load(&config.listeners) {
+        Err(e) => errors.push(e),
         Ok(stores) => {
             let host = match &config.upstream.host {
                 cartguard::config::HostMode::Literal(h) => h.to_str().ok().map(|h| h.split(':').next().unwrap_or(h)),
@@ -306,6 +319,14 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
             warnings.extend(stores.warnings(host));
         }
     }
+    Ok((config, warnings, errors))
+}
+
+fn check(path: &Path, quiet: bool) -> ExitCode {
+    let (config, warnings, errors) = match validate(path) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
     if !quiet {
         print!("{}", cartguard::report::describe(&config));
     }
@@ -323,6 +344,70 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    cartguard::config::raw::parse_duration(text)
+}
+
+/// `systemctl reload` semantics that tell the truth: a broken config is refused before
+/// the guard is touched, and a reload the guard itself rejects (a certificate it cannot
+/// read, say) is reported with the guard's own error and a non-zero exit.
+fn reload(path: &Path, pid: Option<i32>, timeout: Duration) -> ExitCode {
+    let (config, warnings, errors) = match validate(path) {
+        Ok(v) => v,
+        Err(e) => return fail(&format!("not reloading, the config is invalid: {e}")),
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(e) = errors.first() {
+        return fail(&format!("not reloading, the config is invalid: {e}"));
+    }
+    // The status endpoint of the *running* guard; a reload that moves it is confirmed there
+    // only if the old address still answers, so read it before signalling.
+    let admin = config.status.listen;
+    let before = admin.map(fetch_status_doc);
+    let pid = match (pid, &before) {
+        (Some(p), _) => p,
+        (None, Some(Ok(doc))) if doc.pid > 0 => doc.pid as i32,
+        (None, Some(Err(e))) => return fail(&format!("cannot find the running guard: {e}; pass --pid")),
+        _ => return fail("cannot find the running guard: no status.listen in the config; pass --pid"),
+    };
+    let Some(target) = rustix::process::Pid::from_raw(pid) else {
+        return fail(&format!("--pid {pid}: not a process id"));
+    };
+    if let Err(e) = rustix::process::kill_process(target, rustix::process::Signal::HUP) {
+        return fail(&format!("cannot signal process {pid}: {e}"));
+    }
+    let (Some(admin), Some(Ok(before))) = (admin, before) else {
+        println!("signalled process {pid}; no status endpoint to confirm the result (see status.listen)");
+        return ExitCode::SUCCESS;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        match fetch_status_doc(admin) {
+            Ok(now) if now.config.reloads > before.config.reloads => {
+                return match now.config.last_reload_error {
+                    Some(e) => fail(&format!("reload failed, the previous config keeps serving: {e}")),
+                    None => {
+                        println!("reloaded {} (sha256 {})", now.config.path, now.config.sha256);
+                        ExitCode::SUCCESS
+                    }
+                };
+            }
+            _ if std::time::Instant::now() >= deadline => {
+                return fail(&format!("signalled process {pid}, but {admin} reported no reload within {timeout:?}"))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn fetch_status_doc(admin: SocketAddr) -> Result<cartguard::status::StatusDoc, String> {
+    let body = fetch_status(admin).map_err(|e| format!("cannot read status from {admin}: {e}"))?;
+    serde_json::from_str(&body).map_err(|e| format!("{admin} did not answer a cartguard status document: {e}"))
 }
 
 /// Reads a password without echo on a terminal, or the first line of stdin.

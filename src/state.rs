@@ -52,6 +52,9 @@ pub struct ReloadInfo {
     pub last_reload_at: Option<String>,
     pub last_reload_error: Option<String>,
     pub restart_needed: Option<String>,
+    /// Reloads attempted, counted under the same lock as the result so that a reader
+    /// never sees a new count with an old result.
+    pub attempts: u64,
 }
 
 impl Shared {

@@ -31,7 +31,7 @@ enum StoredHash {
 
 impl StoredHash {
     fn parse(text: &str) -> Result<StoredHash, String> {
-        let how = "make a bcrypt line with `cartguard hash-password USER` (or `htpasswd -nB USER`)";
+        let how = "make a bcrypt line with `cartguard hash-password USER` (or `htpasswd -nBC 12 USER`)";
         if text.starts_with("$2y$") || text.starts_with("$2b$") || text.starts_with("$2a$") {
             text.parse::<bcrypt::HashParts>().map_err(|e| format!("invalid bcrypt hash ({e}); {how}"))?;
             Ok(StoredHash::Bcrypt(text.to_string()))

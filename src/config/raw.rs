@@ -428,21 +428,40 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// Parses "500ms", "10s", "5m", "6h", "1d" (one number, one unit; no sign, no fractions).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: expected a number and a unit, like 500ms, 10s, 5m, 6h");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: expected numbers with units d, h, m, s, ms, largest first \
+             and each at most once, like 500ms, 10s, 5m, 6h or 1h30m"
+        )
     };
-    n.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(bad)
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    // Index into UNITS of the last unit seen: the next one must be smaller, so that a
+    // typo such as `30m1h` or `5m5m` is an error rather than a surprise sum.
+    let mut last: Option<usize> = None;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let i = UNITS.iter().position(|(name, _)| *name == unit).ok_or_else(bad)?;
+        if last.is_some_and(|l| i <= l) {
+            return Err(bad());
+        }
+        last = Some(i);
+        let part = n.checked_mul(UNITS[i].1).ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    Ok(Duration::from_millis(total))
 }
+
+/// Duration units, largest first, in milliseconds.
+const UNITS: [(&str, u64); 5] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// `tls:` may be one `{cert, key}` or a list of them (SNI); keeps the inner error messages.
 #[derive(Debug, Clone)]
@@ -481,8 +500,24 @@ mod tests {
     }
 
     #[test]
+    fn compound_durations_add_up_largest_unit_first() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_duration("2m30s500ms"), Ok(Duration::from_millis(150_500)));
+        assert_eq!(parse_duration(" 90m "), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn compound_durations_out_of_order_or_repeated_are_errors() {
+        for bad in ["30m1h", "5m5m", "1s1m", "1h 30m", "1h30", "500ms1s"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("1h30m"), "the error should show the accepted forms: {e}");
+        }
+    }
+
+    #[test]
     fn bad_durations_are_errors() {
-        for bad in ["", "10", "s", "-5s", "1.5s", "10 sec", "5x", "99999999999999999999h", "10S"] {
+        for bad in ["", "10", "s", "-5s", "1.5s", "10 sec", "5x", "99999999999999999999h", "10S", "213503982334601d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
         }
     }

@@ -21,6 +21,8 @@ use crate::verdict::DecisionLabel;
 #[serde(default)]
 pub struct StatusDoc {
     pub version: String,
+    /// The guard's process id: what `cartguard reload` signals.
+    pub pid: u32,
     pub started_at: String,
     pub uptime_seconds: u64,
     pub mode: Mode,
@@ -81,6 +83,8 @@ pub struct ConfigStatus {
     pub loaded_at: String,
     pub last_reload_at: Option<String>,
     pub last_reload_error: Option<String>,
+    /// Reloads attempted since start, failed ones included: `cartguard reload` waits for it to move.
+    pub reloads: u64,
     pub restart_needed: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -163,6 +167,7 @@ impl Default for StatusDoc {
     fn default() -> StatusDoc {
         StatusDoc {
             version: String::new(),
+            pid: 0,
             started_at: String::new(),
             uptime_seconds: 0,
             mode: Mode::Enforce,
@@ -237,6 +242,7 @@ impl StatusDoc {
         let bound = shared.bound.get();
         StatusDoc {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
             started_at: rfc3339(shared.started_at),
             uptime_seconds: shared.started.elapsed().as_secs(),
             mode: c.policy.mode,
@@ -249,6 +255,7 @@ impl StatusDoc {
                 loaded_at: rfc3339(c.source.loaded_at),
                 last_reload_at: reload.last_reload_at,
                 last_reload_error: reload.last_reload_error,
+                reloads: reload.attempts,
                 restart_needed: reload.restart_needed,
                 warnings: c.warnings.clone(),
             },

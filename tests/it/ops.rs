@@ -634,6 +634,77 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
     assert!(p.stderr().contains("dney"), "{}", p.stderr());
 }
 
+/// `cartguard reload` as the unit's ExecReload runs it; blocking, off the test's runtime.
+async fn reload_command(config: &Path, extra: &[&str]) -> std::process::Output {
+    let mut c = cartguard();
+    c.args(["reload", "--timeout", "10s", "--config"]).arg(config).args(extra);
+    tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn reload_command_refuses_a_broken_config_without_signalling_and_confirms_a_good_one() {
+    let p = Running::start().await;
+    let good = std::fs::read_to_string(&p.config).unwrap().replace(FEED_OPEN, FEED_DENY);
+    assert!(good.contains(FEED_DENY));
+
+    std::fs::write(&p.config, good.replace("others: deny", "others: dney")).unwrap();
+    let out = reload_command(&p.config, &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken config must fail the reload: {err}");
+    assert!(err.contains("not reloading") && err.contains("dney"), "{err}");
+    assert_eq!(status_json(p.admin).await["config"]["reloads"], 0, "the guard was signalled anyway");
+    assert_eq!(client_from("127.0.0.3").get(p.addr, "/feed").send().await.status, 200);
+
+    std::fs::write(&p.config, &good).unwrap();
+    let out = reload_command(&p.config, &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&sha256_hex(good.as_bytes())), "the reload did not report the new config: {text}");
+    assert_eq!(status_json(p.admin).await["config"]["reloads"], 1);
+    assert_eq!(client_from("127.0.0.3").get(p.addr, "/feed").send().await.status, 403);
+}
+
+/// A status endpoint that reports no reload until it has been asked `before` times, then
+/// one failed reload: the guard's side of a reload that `check` could not foresee.
+async fn status_reporting_a_failed_reload(before: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for asked in 0..200 {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let config = if asked < before {
+                serde_json::json!({"reloads": 0})
+            } else {
+                serde_json::json!({"reloads": 1, "last_reload_error": "tls.cert: permission denied"})
+            };
+            let body = serde_json::json!({"pid": 0, "config": config}).to_string();
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn reload_command_fails_with_the_guards_own_error_when_its_reload_fails() {
+    let admin = status_reporting_a_failed_reload(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cartguard.yaml");
+    let yaml = bin_yaml(free_port(), admin.port(), "http://127.0.0.1:9", &dir.path().join("access.log"));
+    std::fs::write(&config, yaml).unwrap();
+    // A stand-in for the guard's process: it only has to receive the SIGHUP.
+    let mut stand_in = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = reload_command(&config, &["--pid", &stand_in.id().to_string()]).await;
+    let _ = stand_in.kill();
+    let _ = stand_in.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed reload must fail the command: {err}");
+    assert!(err.contains("reload failed") && err.contains("tls.cert: permission denied"), "{err}");
+}
+
 #[tokio::test]
 async fn sigusr1_reopens_the_access_log_after_a_rename() {
     let p = Running::start().await;
