@@ -54,7 +54,7 @@ State kept across restarts, e.g. the ACME account and certificates.
 .SH SIGNALS
 .TP
 \fBSIGHUP\fR
-Re\-read the configuration, htpasswd and certificate files; an invalid new configuration is refused and the old one keeps serving.
+Re\-read the configuration, htpasswd and certificate files; an invalid new configuration is refused and the old one keeps serving. \fBcartguard reload\fR checks the file first, sends it, and reports the result.
 .TP
 \fBSIGUSR1\fR
 Reopen the access log file (after logrotate renamed it).

@@ -33,9 +33,13 @@ pub fn describe(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "upstream  {} (host: {:?}, timeout {}s)",
+        "upstream  {} (host: {}, timeout {}s)",
         config.upstream.url,
-        config.upstream.host,
+        match &config.upstream.host {
+            crate::config::HostMode::Preserve => "preserve",
+            crate::config::HostMode::Upstream => "upstream",
+            crate::config::HostMode::Literal(h) => h.to_str().unwrap_or("(not text)"),
+        },
         config.upstream.timeout.as_secs()
     );
     let trusted: Vec<String> = p.client_ip.trusted_proxies.cidrs().iter().map(|n| n.to_string()).collect();

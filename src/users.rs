@@ -111,8 +111,15 @@ impl Users {
     ) -> Result<Users, String> {
         let mut entries = HashMap::new();
         if let Some(path) = htpasswd {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("users.htpasswd: cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "users.htpasswd: cannot read {}: {e}; create it with `cartguard hash-password USER > {}` \
+                         (mode 0640), or remove users.htpasswd",
+                    path.display(),
+                    path.display()
+                ),
+                _ => format!("users.htpasswd: cannot read {}: {e}", path.display()),
+            })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {

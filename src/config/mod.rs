@@ -8,6 +8,7 @@
 pub mod acme;
 mod alerts;
 mod group_file;
+mod position;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -277,16 +278,33 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| (l.line(), l.column()));
-            // The message already ends with "at line L column C"; keep just the words.
-            let message = e.to_string();
-            let message = match message.rfind(" at line ") {
-                Some(i) if line.is_some() => message[..i].to_string(),
-                _ => message,
-            };
-            ConfigError { file: path.to_path_buf(), key: String::new(), line, message }
-        })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                let e = e.into_inner();
+                let parser_line = e.location().map(|l| (l.line(), l.column()));
+                // The message already ends with "at line L column C"; keep just the words.
+                let message = e.to_string();
+                let message = match message.rfind(" at line ") {
+                    Some(i) if parser_line.is_some() => message[..i].to_string(),
+                    _ => message,
+                };
+                // The parser may prefix part of the path the key already shows.
+                let message = (1..=key.len())
+                    .rev()
+                    .filter(|&n| key.is_char_boundary(n))
+                    .find_map(|n| message.strip_prefix(&key[..n]).and_then(|m| m.strip_prefix(": ")))
+                    .map(str::to_string)
+                    .unwrap_or(message);
+                // The parser knows where an unknown key or broken syntax is; for a bad value it
+                // may point at the start of the enclosing map, so the key path says better.
+                let line = match message.contains("unknown field") || key.is_empty() {
+                    true => parser_line,
+                    false => position::of_key(text, &key).or(parser_line),
+                };
+                ConfigError { file: path.to_path_buf(), key, line, message }
+            })?;
         Validator { text, path, warnings: Vec::new() }.validate(raw)
     }
 
@@ -302,14 +320,18 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// An error at the first place `needle` appears in the file (best effort).
+    /// An error at `needle` within the value of `key` (at the key when `needle` is not
+    /// there; anywhere outside comments when the key is not written at all).
     fn err(&self, key: impl Into<String>, needle: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.path.to_path_buf(),
-            key: key.into(),
-            line: locate(self.text, needle),
-            message: message.into(),
-        }
+        let key = key.into();
+        let line = match position::of_key(self.text, &key) {
+            Some((line, col)) => {
+                let end = position::block_end(self.text, line, col);
+                position::of_text_after(self.text, line, needle).filter(|(l, _)| *l < end).or(Some((line, col)))
+            }
+            None => position::of_text_after(self.text, 1, needle),
+        };
+        ConfigError { file: self.path.to_path_buf(), key, line, message: message.into() }
     }
 
     fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -833,18 +855,6 @@ impl Validator<'_> {
 fn parse_net(text: &str) -> Option<IpNet> {
     let t = text.trim();
     t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).ok()
-}
-
-/// Line and column (1-based) of the first occurrence of `needle`.
-fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
-    if needle.is_empty() {
-        return None;
-    }
-    let offset = text.find(needle)?;
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    Some((line, col))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

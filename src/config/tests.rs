@@ -201,3 +201,21 @@ fn a_group_file_is_read_relative_to_the_config_and_its_errors_name_file_and_line
     assert!(e.contains("partners.txt: groups.partners.file: cannot read"), "{e}");
     assert!(err(&format!("{BASE}groups:\n  partners: {{file: a.txt, extra: 1}}\n")).contains("extra"));
 }
+
+#[test]
+fn a_bad_value_deep_in_a_section_names_its_full_key_and_its_own_line() {
+    let e = parse(&format!("{BASE}auth:\n  realm: Shop\n  max_failures: 10\n  ban: 15 minutes\n")).unwrap_err();
+    assert_eq!(e.key, "auth.ban", "{e}");
+    assert_eq!(e.line, Some((14, 3)), "{e}");
+    assert!(e.message.starts_with("invalid duration"), "{e}");
+}
+
+#[test]
+fn an_error_points_at_the_value_not_at_a_comment_that_mentions_it() {
+    let text = format!(
+        "# never put 0.0.0.0/0 in trusted_proxies\n{BASE}client_ip:\n  # trusted_proxies: [0.0.0.0/0]\n  trusted_proxies: [10.0.0.0/8, 0.0.0.0/0]\n"
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key, "client_ip.trusted_proxies", "{e}");
+    assert_eq!(e.line, Some((14, 33)), "{e}");
+}

@@ -6,7 +6,7 @@ use std::process::Output;
 use crate::common::*;
 
 /// Every public subcommand; a new one must show up in the pages and completions by itself.
-const SUBCOMMANDS: [&str; 6] = ["run", "check", "explain", "hash-password", "alert", "status"];
+const SUBCOMMANDS: [&str; 7] = ["run", "check", "reload", "explain", "hash-password", "alert", "status"];
 
 fn generate(args: &[&str]) -> Output {
     let out = cartguard().arg("generate").args(args).output().unwrap();
