@@ -20,6 +20,7 @@ pub mod alerts;
 pub mod bans;
 pub mod config;
 pub mod conn;
+pub mod error;
 pub mod explain;
 pub mod framing;
 pub mod ids;
@@ -46,6 +47,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 
 use config::Config;
+pub use error::{ListenError, ReloadError, StartError};
 use state::Shared;
 
 /// A running guard: its bound addresses and the switch that stops it.
@@ -60,10 +62,14 @@ pub struct Guard {
 
 impl Guard {
     /// Binds every listener of `config` (port 0 picks a free one) and starts serving.
-    pub async fn start(config: Config) -> Result<Guard, String> {
+    pub async fn start(config: Config) -> Result<Guard, StartError> {
         let listeners = server::bind(&config.listeners).await?;
         let admin = match config.status.listen {
-            Some(addr) => Some(server::bind_one(addr).await.map_err(|e| format!("status.listen: {e}"))?),
+            Some(addr) => Some(server::bind_one(addr).await.map_err(|reason| StartError::Listen {
+                key: "status.listen".into(),
+                addr,
+                reason,
+            })?),
             None => None,
         };
         let shared = shared_state(config)?;
@@ -83,7 +89,7 @@ impl Guard {
     }
 
     /// Re-reads the config file the guard was started with.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let path = self.shared.runtime.load().config.source.path.clone();
         reload(&self.shared, &path)
     }
@@ -97,18 +103,18 @@ impl Guard {
 
 /// Everything a guard shares between requests, without any socket: certificates
 /// loaded, the access log open. Tests call `proxy::handle` on it directly.
-pub fn shared_state(config: Config) -> Result<Arc<Shared>, String> {
+pub fn shared_state(config: Config) -> Result<Arc<Shared>, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = tls::TlsStores::load(&config.listeners)?;
-    let log = access_log::AccessLog::start(config.log.format, config.log.path.clone())
-        .map_err(|e| format!("log.path: cannot open the access log: {e}"))?;
-    Shared::new(config, log, tls)
+    let tls = tls::TlsStores::load(&config.listeners).map_err(StartError::Certificates)?;
+    let log =
+        access_log::AccessLog::start(config.log.format, config.log.path.clone()).map_err(StartError::AccessLog)?;
+    Shared::new(config, log, tls).map_err(StartError::Upstream)
 }
 
 /// Loads, validates and swaps in a new config (policy and certificates together);
 /// on any error nothing changes, the old one keeps serving and the error is kept
 /// for /status and /healthz.
-pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
+pub fn reload(shared: &Shared, path: &Path) -> Result<(), ReloadError> {
     let result = try_reload(shared, path);
     let mut info = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
     info.last_reload_at = Some(access_log::rfc3339(SystemTime::now()));
@@ -126,16 +132,17 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
         }
         Err(e) => {
             shared.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            info.last_reload_error = Some(e.clone());
+            let e = e.to_string();
             tracing::error!("config reload failed, the previous config keeps serving: {e}");
-            alerts::raise(shared, alerts::Alert::reload_failed(&path.display().to_string(), e));
+            alerts::raise(shared, alerts::Alert::reload_failed(&path.display().to_string(), &e));
+            info.last_reload_error = Some(e);
         }
     }
     result.map(|_| ())
 }
 
-fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, ReloadError> {
+    let config = Config::load(path)?;
     let old = shared.runtime.load();
     let mut restart = Vec::new();
     // Certificate files are re-read in place; what needs new sockets or acceptors is the rest.
@@ -167,9 +174,9 @@ fn try_reload(shared: &Shared, path: &Path) -> Result<Option<String>, String> {
         restart.push("auth.max_concurrent_verifications, auth.verify_queue and auth.verify_nice need a restart");
     }
     // All or nothing: everything that can fail runs before anything is swapped in.
-    let certs = shared.tls.prepare(&config.listeners)?;
+    let certs = shared.tls.prepare(&config.listeners).map_err(ReloadError::Certificates)?;
     let warnings = config.warnings.clone();
-    let runtime = shared.stats.runtime_for(config)?;
+    let runtime = shared.stats.runtime_for(config).map_err(ReloadError::Upstream)?;
     for w in &warnings {
         tracing::warn!("config: {w}");
     }

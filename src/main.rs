@@ -256,7 +256,7 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     log_policy(&config);
     let path = config.source.path.clone();
-    let guard = cartguard::Guard::start(config).await?;
+    let guard = cartguard::Guard::start(config).await.map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

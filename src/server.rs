@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::admission::Ticket;
 use crate::config::ListenerConfig;
 use crate::conn::{Activity, ConnInfo};
+use crate::error::{ListenError, StartError};
 use crate::framing::FramingIo;
 use crate::proxy;
 use crate::state::{ConnRefusal, Shared};
@@ -31,27 +32,24 @@ pub struct BoundListener {
 }
 
 /// Bind every configured listener; errors name the address.
-pub async fn bind(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, String> {
+pub async fn bind(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, StartError> {
     let mut out = Vec::new();
-    for l in listeners {
-        let tcp = bind_one(l.addr).await?;
+    for (i, l) in listeners.iter().enumerate() {
+        let tcp = bind_one(l.addr).await.map_err(|reason| StartError::Listen {
+            key: format!("listen[{i}].addr"),
+            addr: l.addr,
+            reason,
+        })?;
         out.push(BoundListener { tcp, config: l.clone() });
     }
     Ok(out)
 }
 
-pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    socket.set_reuseaddr(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    socket.bind(addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: the port is already in use"),
-        std::io::ErrorKind::PermissionDenied => {
-            format!("cannot listen on {addr}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)")
-        }
-        _ => format!("cannot listen on {addr}: {e}"),
-    })?;
-    socket.listen(1024).map_err(|e| format!("cannot listen on {addr}: {e}"))
+pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(1024)?)
 }
 
 /// Tracks live connections so shutdown can wait for them.

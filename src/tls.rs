@@ -21,7 +21,12 @@ use serde::Serialize;
 use crate::acme::challenge::ACME_TLS_ALPN;
 use crate::acme::AcmeState;
 use crate::config::{CertPaths, ListenerConfig};
-use crate::upstream::crypto_provider;
+
+/// ring, the one crypto provider of every rustls config here (server, upstream client,
+/// ACME and webhooks): no aws-lc-rs, no C toolchain beyond ring's own.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// One loaded certificate with what /status shows about it.
 #[derive(Debug)]

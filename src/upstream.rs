@@ -142,10 +142,6 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
         let tls = if config.https {
@@ -305,7 +301,7 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
         }
         None => {}
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::upstream::crypto_provider;
+use crate::tls::crypto_provider;
 
 /// The ALPN protocol a TLS-ALPN-01 validation connects with.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";

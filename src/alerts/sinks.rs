@@ -69,7 +69,7 @@ fn client() -> &'static WebhookClient {
         for c in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(c);
         }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::upstream::crypto_provider())
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .map(|b| b.with_root_certificates(roots).with_no_client_auth())
             .unwrap_or_else(|_| {

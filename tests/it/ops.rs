@@ -355,6 +355,8 @@ async fn failed_reload_is_kept_visible_while_the_old_policy_serves() {
     let text = std::fs::read_to_string(&g.config_path).unwrap();
     let line = text.lines().position(|l| l.contains("alow:")).unwrap() + 1;
     let err = g.guard().reload().unwrap_err();
+    assert!(matches!(err, cartguard::ReloadError::Config(_)), "a config error, typed as one: {err:?}");
+    let err = err.to_string();
     assert!(err.contains("alow") && err.contains(&format!(":{line}:")), "{err}");
 
     let s = status_json(g.admin()).await;
@@ -765,6 +767,23 @@ fn startup_with_the_port_in_use_fails_with_one_clear_line() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_taken_status_port_is_a_typed_listen_error_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    let yaml = bin_yaml(0, admin.port(), "http://127.0.0.1:9", &dir.path().join("a.log"));
+    let config = cartguard::config::Config::from_yaml(&yaml, &dir.path().join("cartguard.yaml")).unwrap();
+    match cartguard::Guard::start(config).await {
+        Err(cartguard::StartError::Listen { key, addr, reason: cartguard::ListenError::InUse }) => {
+            assert_eq!((key.as_str(), addr), ("status.listen", admin));
+        }
+        Err(other) => panic!("expected a port-in-use error on status.listen, got {other:?}"),
+        Ok(_) => panic!("started on a port that is taken"),
+    }
     drop(taken);
 }
 

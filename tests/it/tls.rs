@@ -636,6 +636,8 @@ async fn certificate_reload_serves_new_handshakes_and_keeps_open_connections() {
     // A broken certificate file: the reload fails, names the file, and the renewed certificate stays.
     std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n").unwrap();
     let err = g.guard().reload().expect_err("a broken certificate must fail the reload");
+    assert!(matches!(err, cartguard::ReloadError::Certificates(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&cert_path.display().to_string()), "{err}");
     let tls = tls_connect("127.0.0.2", g.addr(), default_client(&ca_der, h1), "shop.test").await;
     assert_eq!(peer_leaf(&tls), renewed.der, "a failed reload must keep the previous certificate");
@@ -652,6 +654,8 @@ async fn certificate_reload_serves_new_handshakes_and_keeps_open_connections() {
     // A missing key file as well.
     std::fs::remove_file(&key_path).unwrap();
     let err = g.guard().reload().expect_err("a missing key must fail the reload");
+    assert!(matches!(err, cartguard::ReloadError::Certificates(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&key_path.display().to_string()), "{err}");
     let tls = tls_connect("127.0.0.2", g.addr(), default_client(&ca_der, h1), "shop.test").await;
     assert_eq!(peer_leaf(&tls), renewed.der);
@@ -693,6 +697,8 @@ async fn reload_with_a_broken_certificate_changes_neither_policy_nor_certificate
     g.rewrite_config(|c| c.replace("path_prefix: /feed\n    others: open", "path_prefix: /feed\n    others: deny"));
     std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
     let err = g.guard().reload().expect_err("a broken certificate must fail the whole reload");
+    assert!(matches!(err, cartguard::ReloadError::Certificates(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&cert_path.display().to_string()), "{err}");
     assert_eq!(feed(&g).await, (first.der.clone(), 200), "neither the policy nor the certificate may change");
     let status = status_json(g.admin()).await;
