@@ -51,7 +51,21 @@ pub struct Activity {
     pub(crate) head_started_ms: AtomicU64,
     /// HTTP/2 streams have no header timer of ours; idle_timeout covers the connection.
     pub(crate) is_h2: std::sync::atomic::AtomicBool,
+    /// Output held back by the client: since when the socket refuses writes (ms since
+    /// `start`, `NOT_BLOCKED` when it takes them), how long it refused them before in
+    /// this episode, and the bytes it took meanwhile. An episode ends when everything
+    /// written has been taken at `min_rate` or faster. A client that reads a byte just
+    /// inside idle_timeout would otherwise hold a response open indefinitely.
+    pub(crate) blocked_since_ms: AtomicU64,
+    pub(crate) blocked_before_ms: AtomicU64,
+    pub(crate) blocked_bytes: AtomicU64,
+    /// `limits.min_body_rate` as the connection started (0: no check).
+    pub(crate) min_rate: AtomicU64,
+    /// The connection was cut because its client read slower than `limits.min_body_rate`.
+    pub(crate) slow_reader: std::sync::atomic::AtomicBool,
 }
+
+const NOT_BLOCKED: u64 = u64::MAX;
 
 impl Activity {
     pub fn new() -> Activity {
@@ -64,7 +78,64 @@ impl Activity {
             read_since_idle: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             is_h2: std::sync::atomic::AtomicBool::new(false),
+            blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
+            blocked_before_ms: AtomicU64::new(0),
+            blocked_bytes: AtomicU64::new(0),
+            min_rate: AtomicU64::new(0),
+            slow_reader: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+    /// The socket refused a write: the client is not taking what it was sent.
+    pub(crate) fn write_blocked(&self) {
+        if self.blocked_since_ms.load(Ordering::Relaxed) == NOT_BLOCKED {
+            self.blocked_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn wrote(&self, n: usize) {
+        self.touch();
+        if self.blocked_since_ms.load(Ordering::Relaxed) != NOT_BLOCKED
+            || self.blocked_before_ms.load(Ordering::Relaxed) > 0
+        {
+            self.blocked_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    /// Everything written has reached the socket. The episode ends if the client took
+    /// it fast enough; a slow one carries over to the next response chunk.
+    pub(crate) fn flushed(&self) {
+        let since = self.blocked_since_ms.swap(NOT_BLOCKED, Ordering::Relaxed);
+        if since == NOT_BLOCKED {
+            return;
+        }
+        let total = self.blocked_before_ms.load(Ordering::Relaxed) + self.now_ms().saturating_sub(since);
+        let rate = self.min_rate.load(Ordering::Relaxed);
+        if self.blocked_bytes.load(Ordering::Relaxed) as u128 * 1000 >= rate as u128 * total as u128 {
+            self.blocked_before_ms.store(0, Ordering::Relaxed);
+            self.blocked_bytes.store(0, Ordering::Relaxed);
+        } else {
+            self.blocked_before_ms.store(total, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.blocked_since_ms.load(Ordering::Relaxed) != NOT_BLOCKED
+    }
+    /// The client has held output back for longer than `grace` in this episode and
+    /// took less than `min_rate` bytes/s of it (nginx's send_timeout, but as a rate).
+    pub(crate) fn reads_too_slowly(&self, grace: Duration) -> bool {
+        let rate = self.min_rate.load(Ordering::Relaxed);
+        let since = self.blocked_since_ms.load(Ordering::Relaxed);
+        if rate == 0 || since == NOT_BLOCKED {
+            return false;
+        }
+        let total = self.blocked_before_ms.load(Ordering::Relaxed) + self.now_ms().saturating_sub(since);
+        total > grace.as_millis() as u64
+            && (self.blocked_bytes.load(Ordering::Relaxed) as u128 * 1000) < rate as u128 * total as u128
+    }
+    /// Whether the connection was cut for reading too slowly (the access record says so).
+    pub fn cut_as_slow_reader(&self) -> bool {
+        self.slow_reader.load(Ordering::Relaxed)
     }
     pub(crate) fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);

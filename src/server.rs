@@ -245,6 +245,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = info.activity.clone();
+    activity.min_rate.store(limits.min_body_rate, Ordering::Relaxed);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -327,6 +328,12 @@ async fn serve_http<I>(
                     );
                     return;
                 }
+                if activity.reads_too_slowly(header_timeout) {
+                    activity.slow_reader.store(true, Ordering::Relaxed);
+                    shared_for_errors.stats.connection_refusals.count(ConnRefusal::SlowReader);
+                    tracing::info!(peer = %peer, "closing a connection whose client reads the response slower than limits.min_body_rate ({} bytes/s)", limits.min_body_rate);
+                    return;
+                }
                 // No bytes either way for idle_timeout, and not waiting on the cart:
                 // an idle keep-alive is closed politely, a stalled body or reader is cut.
                 if activity.idle_for() >= idle_timeout && activity.waiting_upstream() == 0 {
@@ -345,6 +352,8 @@ async fn serve_http<I>(
                 } else {
                     activity.next_check(header_timeout, idle_timeout).max(Instant::now() + Duration::from_millis(10))
                 };
+                // A client that is not taking its response is looked at every second.
+                let next = if activity.is_stalled() { next.min(Instant::now() + Duration::from_secs(1)) } else { next };
                 timer.as_mut().reset(next.into());
             }
         }
@@ -364,19 +373,53 @@ fn admit(shared: &Shared, peer: SocketAddr, listener: &str, activity: Arc<Activi
     }
 }
 
-/// An IO wrapper that records activity for the idle cut-off.
-struct ActivityIo<T> {
+/// An IO wrapper that records activity for the idle cut-off and the slow-reader check.
+struct ActivityIo<T: Resettable> {
     inner: T,
     activity: Arc<Activity>,
 }
 
-impl<T> ActivityIo<T> {
-    fn new(inner: T, activity: Arc<Activity>) -> Self {
-        ActivityIo { inner, activity }
+/// A client socket the guard can reset instead of closing: megabytes still queued in
+/// the kernel for a client that stopped reading are dropped with the connection, not
+/// trickled out after the guard has given up on it.
+trait Resettable {
+    fn reset_on_close(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl<T: Resettable> Drop for ActivityIo<T> {
+    fn drop(&mut self) {
+        if self.activity.cut_as_slow_reader() {
+            self.inner.reset_on_close();
+        }
+    }
+}
+
+impl<T: Resettable> ActivityIo<T> {
+    fn new(inner: T, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+    fn written(&self, r: &Poll<std::io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(*n),
+            Poll::Pending => self.activity.write_blocked(),
+            _ => {}
+        }
+    }
+}
+
+impl<T: AsyncRead + Resettable + Unpin> AsyncRead for ActivityIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -393,16 +436,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+impl<T: AsyncWrite + Resettable + Unpin> AsyncWrite for ActivityIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.written(&r);
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            self.activity.flushed();
+        }
+        r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -413,9 +458,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.written(&r);
         r
     }
     fn is_write_vectored(&self) -> bool {

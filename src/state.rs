@@ -252,16 +252,19 @@ pub enum ConnRefusal {
     ProxyHeader,
     TlsHandshake,
     TlsHandshakeTimeout,
+    /// A client took its response slower than `limits.min_body_rate`: reset mid-response.
+    SlowReader,
 }
 
 impl ConnRefusal {
-    pub const ALL: [ConnRefusal; 6] = [
+    pub const ALL: [ConnRefusal; 7] = [
         ConnRefusal::Framing,
         ConnRefusal::HttpParser,
         ConnRefusal::HeaderTimeout,
         ConnRefusal::ProxyHeader,
         ConnRefusal::TlsHandshake,
         ConnRefusal::TlsHandshakeTimeout,
+        ConnRefusal::SlowReader,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -271,6 +274,7 @@ impl ConnRefusal {
             ConnRefusal::ProxyHeader => "proxy_header",
             ConnRefusal::TlsHandshake => "tls_handshake",
             ConnRefusal::TlsHandshakeTimeout => "tls_handshake_timeout",
+            ConnRefusal::SlowReader => "slow_reader",
         }
     }
 }

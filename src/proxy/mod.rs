@@ -55,7 +55,7 @@ where
             pending.record.status = parts.status.as_u16();
             pending.record.upstream_status = Some(parts.status.as_u16());
             pending.record.source = crate::access_log::StatusSource::Upstream;
-            Response::from_parts(parts, LoggedBody::new(body, pending).boxed())
+            Response::from_parts(parts, LoggedBody::new(body, pending).watching(conn.activity.clone()).boxed())
         }
         Err(refusal) => answer(pending, refusal, challenge),
     })

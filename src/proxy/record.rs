@@ -206,13 +206,33 @@ fn blank_record() -> AccessRecord {
 pub struct LoggedBody<B> {
     inner: B,
     pending: Option<Box<Pending>>,
+    /// The client connection, to say in the record why a response was cut short.
+    activity: Option<Arc<crate::conn::Activity>>,
 }
 
 impl<B> LoggedBody<B> {
     pub fn new(inner: B, pending: Box<Pending>) -> Self {
-        LoggedBody { inner, pending: Some(pending) }
+        LoggedBody { inner, pending: Some(pending), activity: None }
+    }
+    pub fn watching(mut self, activity: Arc<crate::conn::Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 }
+
+/// A response dropped before its end: the record (written as `pending` drops) says why
+/// when the guard itself cut the connection.
+impl<B> Drop for LoggedBody<B> {
+    fn drop(&mut self) {
+        if let (Some(p), Some(a)) = (self.pending.as_mut(), self.activity.as_ref()) {
+            if a.cut_as_slow_reader() {
+                p.record.error = Some(SLOW_READER.into());
+            }
+        }
+    }
+}
+
+pub const SLOW_READER: &str = "client read the response slower than limits.min_body_rate; connection cut";
 
 impl<B> HttpBody for LoggedBody<B>
 where

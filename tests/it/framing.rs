@@ -183,3 +183,50 @@ async fn a_trickled_request_body_is_cut_with_408() {
     assert_eq!(rec["status"], 408, "{rec}");
     assert!(rec["error"].as_str().is_some_and(|e| e.contains("min_body_rate")), "{rec}");
 }
+
+/// A client that takes its response a few bytes at a time, each read just inside
+/// idle_timeout, is cut once it has held output back for longer than header_timeout
+/// at less than min_body_rate; a client reading at full speed is not.
+#[tokio::test]
+async fn a_client_reading_the_response_slower_than_min_body_rate_is_cut() {
+    const SIZE: usize = 32 << 20;
+    let g = TestGuard::start_with(GuardOptions {
+        limits: "  header_timeout: 1s\n  idle_timeout: 10s\n  min_body_rate: 1048576\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let request = format!("GET /big/{SIZE} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+
+    let mut fast = connect_from(office(), g.addr()).await;
+    fast.write_all(request.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), fast.read_to_end(&mut all)).await.unwrap().unwrap();
+    assert!(all.len() > SIZE, "a fast reader must get the whole response: {} bytes", all.len());
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(office(), 0)).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(g.addr()).await.unwrap();
+    slow.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut got, mut chunk) = (0usize, [0u8; 1024]);
+    let mut ended = false;
+    // About 10 KB/s for at most 15 s: far below 1 MiB/s.
+    while started.elapsed() < Duration::from_secs(15) {
+        match slow.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                ended = true;
+                break;
+            }
+            Ok(n) => got += n,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the slow reader was never cut ({got} bytes in {:?})", started.elapsed());
+    assert!(got < SIZE, "the slow reader got the whole response");
+    let rec = record(&g, 2).await;
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert!(rec["error"].as_str().is_some_and(|e| e.contains("min_body_rate")), "{rec}");
+    let refusals = &g.guard().shared.stats.connection_refusals;
+    assert_eq!(refusals.get(cartguard::state::ConnRefusal::SlowReader), 1, "counted for /metrics");
+}
