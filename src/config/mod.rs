@@ -281,7 +281,9 @@ impl Config {
         let raw: RawConfig =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
                 let key = e.path().to_string();
-                let key = if key == "." { String::new() } else { key };
+                // `?` marks a place the parser never reached as a key: broken syntax.
+                let syntax = key.contains('?');
+                let key = if key == "." || syntax { String::new() } else { key };
                 let e = e.into_inner();
                 let parser_line = e.location().map(|l| (l.line(), l.column()));
                 // The message already ends with "at line L column C"; keep just the words.
@@ -302,6 +304,11 @@ impl Config {
                 let line = match message.contains("unknown field") || key.is_empty() {
                     true => parser_line,
                     false => position::of_key(text, &key).or(parser_line),
+                };
+                // The parser reports where it gave up, often lines after the real mistake.
+                let message = match line.filter(|_| syntax).and_then(|(l, _)| position::unclosed_quote(text, l)) {
+                    Some(q) => format!("{message} (line {q} opens a quote it never closes)"),
+                    None => message,
                 };
                 ConfigError { file: path.to_path_buf(), key, line, message }
             })?;

@@ -147,6 +147,23 @@ pub fn of_text_after(text: &str, from: usize, needle: &str) -> Option<(usize, us
     None
 }
 
+/// The first line up to `upto` (1-based) with an unclosed double quote, outside comments:
+/// the usual cause of a parser error reported lines later.
+pub fn unclosed_quote(text: &str, upto: usize) -> Option<usize> {
+    text.lines().take(upto).enumerate().find_map(|(n, line)| {
+        let (mut open, mut escaped) = (false, false);
+        for c in line.chars() {
+            match c {
+                '#' if !open => break,
+                '\\' if open => escaped = !escaped,
+                '"' if !escaped => open = !open,
+                _ => escaped = false,
+            }
+        }
+        open.then_some(n + 1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +213,18 @@ auth:
     fn a_value_is_found_after_its_key_and_never_in_a_comment() {
         assert_eq!(of_text_after(TEXT, 8, "0.0.0.0/0"), Some((8, 33)));
         assert_eq!(of_text_after(TEXT, 1, "0.0.0.0/0"), Some((8, 33)));
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_found_from_where_the_parser_gave_up() {
+        let text = "listen:\n  - addr: \"127.0.0.1:8080\n# a \" in a comment\nupstream:\n  url: \"a\\\"b\"\n";
+        assert_eq!(unclosed_quote(text, 5), Some(2));
+        assert_eq!(unclosed_quote(text, 1), None, "only lines up to where the parser gave up");
+        assert_eq!(
+            unclosed_quote(&text.replace("8080\n", "8080\"\n"), 5),
+            None,
+            "comments and escaped quotes are not openings"
+        );
     }
 
     #[test]

@@ -219,3 +219,10 @@ fn an_error_points_at_the_value_not_at_a_comment_that_mentions_it() {
     assert_eq!(e.key, "client_ip.trusted_proxies", "{e}");
     assert_eq!(e.line, Some((14, 33)), "{e}");
 }
+
+#[test]
+fn a_syntax_error_names_no_key_and_points_at_the_unclosed_quote() {
+    let e = parse("listen:\n  - addr: \"127.0.0.1:8080\nupstream:\n  url: \"http://127.0.0.1:8081\"\n").unwrap_err();
+    assert_eq!(e.key, "", "{e}");
+    assert!(e.message.contains("line 2 opens a quote it never closes"), "{e}");
+}
