@@ -469,7 +469,15 @@ impl<T: AsyncWrite + Resettable + Unpin> AsyncWrite for ActivityIo<T> {
 /// Requests hyper refuses before the guard sees them (malformed framing, oversized
 /// heads, slow headers) still get a log line and an access record.
 fn connection_error(shared: &Arc<Shared>, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
-    let Some(h) = find_hyper_error(e) else {
+    // HTTP/2: a GOAWAY the guard's side sent (protocol error, reset flood) ends the
+    // connection with no request to log; count it by reason instead.
+    if let Some(h2) = find_source::<h2::Error>(e).filter(|h2| h2.is_go_away() && h2.is_library()) {
+        let reason = h2.reason().map(|r| r.to_string()).unwrap_or_default();
+        tracing::info!(peer = %info.peer, listener = %info.listener, "HTTP/2 connection closed with GOAWAY: {reason}");
+        shared.stats.connection_refusals.count(ConnRefusal::H2GoAway);
+        return;
+    }
+    let Some(h) = find_source::<hyper::Error>(e) else {
         tracing::debug!(peer = %info.peer, listener = %info.listener, error = %e, "connection error");
         return;
     };
@@ -501,10 +509,10 @@ fn refuse_at_connection(shared: &Arc<Shared>, info: &ConnInfo, why: ConnRefusal,
     drop(crate::proxy::record::Pending::new(shared.clone(), shared.runtime.load_full(), record));
 }
 
-fn find_hyper_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
+fn find_source<'a, E: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+        if let Some(h) = err.downcast_ref::<E>() {
             return Some(h);
         }
         current = err.source();

@@ -254,10 +254,12 @@ pub enum ConnRefusal {
     TlsHandshakeTimeout,
     /// A client took its response slower than `limits.min_body_rate`: reset mid-response.
     SlowReader,
+    /// HTTP/2: the guard's side ended the connection with GOAWAY (protocol error, flood).
+    H2GoAway,
 }
 
 impl ConnRefusal {
-    pub const ALL: [ConnRefusal; 7] = [
+    pub const ALL: [ConnRefusal; 8] = [
         ConnRefusal::Framing,
         ConnRefusal::HttpParser,
         ConnRefusal::HeaderTimeout,
@@ -265,6 +267,7 @@ impl ConnRefusal {
         ConnRefusal::TlsHandshake,
         ConnRefusal::TlsHandshakeTimeout,
         ConnRefusal::SlowReader,
+        ConnRefusal::H2GoAway,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -275,6 +278,7 @@ impl ConnRefusal {
             ConnRefusal::TlsHandshake => "tls_handshake",
             ConnRefusal::TlsHandshakeTimeout => "tls_handshake_timeout",
             ConnRefusal::SlowReader => "slow_reader",
+            ConnRefusal::H2GoAway => "h2_goaway",
         }
     }
 }

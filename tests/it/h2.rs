@@ -502,5 +502,7 @@ async fn h2_continuation_flood_ends_the_connection() {
         assert_eq!(end, End::Closed, "{what}");
     }
     assert_eq!(g.upstream.count(), 0, "a request with an endless header block reached the upstream");
+    let goaways = g.guard().shared.stats.connection_refusals.get(cartguard::state::ConnRefusal::H2GoAway);
+    assert_eq!(goaways, 2, "each GOAWAY is counted for /metrics");
     office_still_served(g.addr()).await;
 }
