@@ -380,9 +380,17 @@ fn reload(path: &Path, pid: Option<i32>, timeout: Duration) -> ExitCode {
     if let Err(e) = rustix::process::kill_process(target, rustix::process::Signal::HUP) {
         return fail(&format!("cannot signal process {pid}: {e}"));
     }
-    let (Some(admin), Some(Ok(before))) = (admin, before) else {
-        println!("signalled process {pid}; no status endpoint to confirm the result (see status.listen)");
-        return ExitCode::SUCCESS;
+    let (admin, before) = match (admin, before) {
+        (Some(admin), Some(Ok(before))) => (admin, before),
+        (Some(admin), Some(Err(e))) => {
+            return fail(&format!(
+                "signalled process {pid}, but cannot confirm the result: {e} (status.listen {admin})"
+            ))
+        }
+        _ => {
+            println!("signalled process {pid}; no status endpoint to confirm the result (see status.listen)");
+            return ExitCode::SUCCESS;
+        }
     };
     let deadline = std::time::Instant::now() + timeout;
     loop {
