@@ -3,7 +3,7 @@
 #
 #  1. The .deb: a fresh Debian root (`debootstrap --variant=minbase bookworm`),
 #     `dpkg -i` in a chroot, then `cartguard check` on the installed config, as
-#     root and as an unprivileged user in the cartguard group (what the unit's
+#     root and as an unprivileged user in the cartguard-config group (what the unit's
 #     dynamic user gets); the files, conffiles, ownership and "not enabled"
 #     state; then `dpkg --purge`.
 #  2. The tarball: extracted into an otherwise empty directory, `file` must say
@@ -94,13 +94,13 @@ in_root cartguard check --config /etc/cartguard/cartguard.yaml >"$work/check.out
 tail -n 3 "$work/check.out"
 in_root cartguard check -q || fail "cartguard check -q (default config path)"
 
-# The unit's dynamic user reads the config only through SupplementaryGroups=cartguard.
-gid=$(in_root getent group cartguard | cut -d: -f3)
-[[ -n $gid ]] || fail "the postinst did not create the cartguard group"
+# The unit's dynamic user reads the config only through SupplementaryGroups=cartguard-config.
+gid=$(in_root getent group cartguard-config | cut -d: -f3)
+[[ -n $gid ]] || fail "the postinst did not create the cartguard-config group"
 chroot --userspec=65534:65534 --groups="$gid" "$root" cartguard check -q --config /etc/cartguard/cartguard.yaml ||
-    fail "cartguard check as nobody with the cartguard group"
+    fail "cartguard check as nobody with the cartguard-config group"
 if chroot --userspec=65534:65534 --groups=65534 "$root" cartguard check -q --config /etc/cartguard/cartguard.yaml 2>/dev/null; then
-    fail "the config is readable without the cartguard group"
+    fail "the config is readable without the cartguard-config group"
 fi
 
 # Numeric: the host's /etc/group does not know the chroot's groups.
