@@ -20,18 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-skip_or_fail() {
-    if [[ -n ${CARTGUARD_REQUIRE_TOOLS:-} ]]; then
-        fail "$* (CARTGUARD_REQUIRE_TOOLS is set)"
-    fi
-    echo "SKIP deb-smoke: $*"
-    exit 0
-}
+TEST="deb-smoke"
+# shellcheck source=tests/external/lib.sh
+source tests/external/lib.sh
 
 [[ $(id -u) -eq 0 ]] || skip_or_fail "needs root (debootstrap, chroot)"
 for tool in debootstrap chroot file dpkg-deb cargo-deb musl-gcc; do
@@ -39,14 +30,7 @@ for tool in debootstrap chroot file dpkg-deb cargo-deb musl-gcc; do
 done
 
 suite=${DEBIAN_SUITE:-bookworm}
-mirror=${DEBIAN_MIRROR:-}
-if [[ -z $mirror ]]; then
-    mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n 1 || true)
-fi
-if [[ -z $mirror ]]; then
-    mirror=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(debian_mirror)
 
 work=$(mktemp -d /tmp/cartguard-deb-smoke.XXXXXX)
 cleanup() {

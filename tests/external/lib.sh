@@ -1,5 +1,7 @@
-# Shell helpers shared by bench/run.sh and tests/external/hostile-tools.sh.
-# The caller defines `die MESSAGE` and `$WORK` (where each process writes NAME.err).
+# shellcheck shell=bash
+# Shell helpers shared by bench/run.sh and the scripts in tests/external/.
+# `wait_port` needs the caller's `die MESSAGE` and `$WORK` (where each process writes NAME.err);
+# the package tests set `$TEST` (their name in SKIP lines).
 
 # N free loopback TCP ports, chosen now.
 free_ports() {
@@ -25,4 +27,24 @@ wait_port() {
         sleep 0.1
     done
     die "$name did not listen on 127.0.0.1:$port within 10s"
+}
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# A missing tool: skip with a message, or fail under CARTGUARD_REQUIRE_TOOLS=1 (CI).
+skip_or_fail() {
+    [[ -z ${CARTGUARD_REQUIRE_TOOLS:-} ]] || fail "$* (CARTGUARD_REQUIRE_TOOLS is set)"
+    echo "SKIP ${TEST:-test}: $*"
+    exit 0
+}
+
+# The Debian mirror for debootstrap: $DEBIAN_MIRROR, else the host's apt sources, else deb.debian.org.
+debian_mirror() {
+    local mirror=${DEBIAN_MIRROR:-}
+    [[ -n $mirror ]] || mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n 1 || true)
+    [[ -n $mirror ]] || mirror=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    echo "${mirror:-http://deb.debian.org/debian}"
 }

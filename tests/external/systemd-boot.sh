@@ -16,15 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-skip_or_fail() {
-    [[ -z ${CARTGUARD_REQUIRE_TOOLS:-} ]] || fail "$* (CARTGUARD_REQUIRE_TOOLS is set)"
-    echo "SKIP systemd-boot: $*"
-    exit 0
-}
+TEST="systemd-boot"
+# shellcheck source=tests/external/lib.sh
+source tests/external/lib.sh
 
 [[ $(id -u) -eq 0 ]] || skip_or_fail "needs root (debootstrap, namespaces)"
 for tool in debootstrap unshare nsenter chroot python3; do
@@ -35,8 +29,7 @@ debs=(target/dist/cartguard_*_amd64.deb)
 shopt -u nullglob
 [[ ${#debs[@]} -eq 1 ]] || fail "expected one .deb in target/dist/ (run packaging/build.sh deb)"
 
-mirror=${DEBIAN_MIRROR:-$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n 1 || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(debian_mirror)
 
 work=$(mktemp -d /tmp/cartguard-systemd-boot.XXXXXX)
 root=$work/root
@@ -56,10 +49,7 @@ cp "${debs[0]}" "$root/tmp/cartguard.deb"
 chroot "$root" dpkg -i /tmp/cartguard.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -i"; }
 
 # Free loopback ports for the guard and its admin listener (the host's network).
-read -r port admin < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
+read -r port admin < <(free_ports 2)
 config=$root/etc/cartguard/cartguard.yaml
 sed -i "s/127.0.0.1:8080/127.0.0.1:$port/; s/127.0.0.1:9901/127.0.0.1:$admin/" "$config"
 grep -q "127.0.0.1:$admin" "$config" || fail "the shipped config no longer has status.listen 127.0.0.1:9901"
