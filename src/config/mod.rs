@@ -278,40 +278,8 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
-                let key = e.path().to_string();
-                // `?` marks a place the parser never reached as a key: broken syntax.
-                let syntax = key.contains('?');
-                let key = if key == "." || syntax { String::new() } else { key };
-                let e = e.into_inner();
-                let parser_line = e.location().map(|l| (l.line(), l.column()));
-                // The message already ends with "at line L column C"; keep just the words.
-                let message = e.to_string();
-                let message = match message.rfind(" at line ") {
-                    Some(i) if parser_line.is_some() => message[..i].to_string(),
-                    _ => message,
-                };
-                // The parser may prefix part of the path the key already shows.
-                let message = (1..=key.len())
-                    .rev()
-                    .filter(|&n| key.is_char_boundary(n))
-                    .find_map(|n| message.strip_prefix(&key[..n]).and_then(|m| m.strip_prefix(": ")))
-                    .map(str::to_string)
-                    .unwrap_or(message);
-                // The parser knows where an unknown key or broken syntax is; for a bad value it
-                // may point at the start of the enclosing map, so the key path says better.
-                let line = match message.contains("unknown field") || key.is_empty() {
-                    true => parser_line,
-                    false => position::of_key(text, &key).or(parser_line),
-                };
-                // The parser reports where it gave up, often lines after the real mistake.
-                let message = match line.filter(|_| syntax).and_then(|(l, _)| position::unclosed_quote(text, l)) {
-                    Some(q) => format!("{message} (line {q} opens a quote it never closes)"),
-                    None => message,
-                };
-                ConfigError { file: path.to_path_buf(), key, line, message }
-            })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| yaml_error(text, path, e))?;
         Validator { text, path, warnings: Vec::new() }.validate(raw)
     }
 
@@ -862,6 +830,42 @@ impl Validator<'_> {
 fn parse_net(text: &str) -> Option<IpNet> {
     let t = text.trim();
     t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).ok()
+}
+
+/// A parser error as the user needs it: the full key path of a bad value and that key's
+/// own line, or for broken syntax the parser's position and the likely cause.
+fn yaml_error(text: &str, path: &Path, e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let key = e.path().to_string();
+    // `?` marks a place the parser never reached as a key: broken syntax.
+    let syntax = key.contains('?');
+    let key = if key == "." || syntax { String::new() } else { key };
+    let e = e.into_inner();
+    let parser_line = e.location().map(|l| (l.line(), l.column()));
+    // The message already ends with "at line L column C"; keep just the words.
+    let message = e.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(i) if parser_line.is_some() => message[..i].to_string(),
+        _ => message,
+    };
+    // The parser may prefix part of the path the key already shows.
+    let message = (1..=key.len())
+        .rev()
+        .filter(|&n| key.is_char_boundary(n))
+        .find_map(|n| message.strip_prefix(&key[..n]).and_then(|m| m.strip_prefix(": ")))
+        .map(str::to_string)
+        .unwrap_or(message);
+    // The parser knows where an unknown key or broken syntax is; for a bad value it
+    // may point at the start of the enclosing map, so the key path says better.
+    let line = match message.contains("unknown field") || key.is_empty() {
+        true => parser_line,
+        false => position::of_key(text, &key).or(parser_line),
+    };
+    // The parser reports where it gave up, often lines after the real mistake.
+    let message = match line.filter(|_| syntax).and_then(|(l, _)| position::unclosed_quote(text, l)) {
+        Some(q) => format!("{message} (line {q} opens a quote it never closes)"),
+        None => message,
+    };
+    ConfigError { file: path.to_path_buf(), key, line, message }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
