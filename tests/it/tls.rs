@@ -249,13 +249,21 @@ impl Http {
     async fn get(&mut self, path: &str) -> Answer {
         let fut = async {
             let resp = match self {
+                // `ready` first: the client's connection task may not yet have seen the end
+                // of the previous response, and hyper refuses a request sent before that.
                 Http::H1(s) => {
                     let req = http::Request::get(path).header("host", "shop.test").body(Empty::new()).unwrap();
-                    s.send_request(req).await
+                    match s.ready().await {
+                        Ok(()) => s.send_request(req).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Http::H2(s) => {
                     let req = http::Request::get(format!("https://shop.test{path}")).body(Empty::new()).unwrap();
-                    s.send_request(req).await
+                    match s.ready().await {
+                        Ok(()) => s.send_request(req).await,
+                        Err(e) => Err(e),
+                    }
                 }
             }
             .expect("request failed");
